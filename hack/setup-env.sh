@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Creates (once) and activates-by-symlink the project's virtual environment.
+# The environment lives outside the checkout, keyed by the dependency list, so that
+# CI's fresh clone reuses it and pip's cache makes a rebuild cheap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cache="${FT_CACHE:-$HOME/.cache/finetune-operator}"
+key=$(python3 - <<'PY'
+import hashlib, tomllib
+p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+deps = repr((p["dependencies"], sorted(p["optional-dependencies"].items())))
+print(hashlib.sha256(deps.encode()).hexdigest()[:12])
+PY
+)
+venv="$cache/venv-$key"
+mkdir -p "$cache"
+if [ ! -f "$venv/.complete" ]; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q ".[operator,trainer,dev]"
+  touch "$venv/.complete"
+fi
+# Point the shared environment at this checkout's sources.
+"$venv/bin/pip" install -q --no-deps --no-build-isolation -e .
+ln -sfn "$venv" .venv
+echo "$venv"

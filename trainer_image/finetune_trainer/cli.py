@@ -1,0 +1,127 @@
+"""The `finetune` command: validate, explain and generate the API; run and export locally.
+
+Only `run` and `export` import the training stack (torch and friends); the rest stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from finetune_api.crdgen import CRD_DIR, render_crds, write_crds
+from finetune_api.explain import explain
+from finetune_api.manifests import load_documents
+from finetune_api.validation import validate_documents
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Schema + CEL + cross-object checks on every document; exit 1 listing every error."""
+    try:
+        docs = load_documents(args.files)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    results = validate_documents([d.body for d in docs], require_datasets=args.require_datasets)
+    failed = 0
+    for i, doc in enumerate(docs):
+        errors = results[i]
+        if errors:
+            failed += 1
+            print(f"{doc.label}: invalid")
+            for error in errors:
+                print(f"  {error}")
+        elif not args.quiet:
+            print(f"{doc.label}: valid")
+    if not docs:
+        print("error: no documents found", file=sys.stderr)
+        return 1
+    return 1 if failed else 0
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    """Print the CRDs, write them (--write), or check the committed ones are current (--check)."""
+    rendered = render_crds()
+    if args.check:
+        stale = [
+            n
+            for n, text in rendered.items()
+            if not (CRD_DIR / n).is_file() or (CRD_DIR / n).read_text() != text
+        ]
+        for name in stale:
+            print(f"{CRD_DIR / name} is out of date; run `finetune crds --write`", file=sys.stderr)
+        return 1 if stale else 0
+    if args.write is not None:
+        for path in write_crds(Path(args.write)):
+            print(f"wrote {path}")
+        return 0
+    print("---\n".join(rendered.values()), end="")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Field documentation, like kubectl explain."""
+    try:
+        print(explain(args.target))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Train locally, exactly as the trainer pod would."""
+    from .run import run_from_files  # imports torch: only here
+
+    return run_from_files(args.files, job_name=args.job, output=args.output)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export locally, exactly as the export pod would."""
+    from .export import export_from_files  # arrives with the export issue
+
+    return int(export_from_files(args.files))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finetune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="validate manifests (schema, CEL rules, Dataset references)")
+    p.add_argument("files", nargs="+", help="YAML files, several documents each allowed")
+    p.add_argument(
+        "--require-datasets", action="store_true", help="a referenced Dataset must be among the files"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print only invalid documents")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("crds", help="print, write or check the generated CRDs")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--write", nargs="?", const=str(CRD_DIR), default=None, metavar="DIR")
+    group.add_argument("--check", action="store_true", help="exit 1 when crds/ differs from the models")
+    p.set_defaults(func=cmd_crds)
+
+    p = sub.add_parser("explain", help="document a kind or field, e.g. finetunejob.spec.method.lora")
+    p.add_argument("target")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("run", help="run a FineTuneJob locally (output defaults to file://./runs/<name>)")
+    p.add_argument("files", nargs="+", help="the FineTuneJob and its Datasets (one or more YAML files)")
+    p.add_argument("--job", help="which FineTuneJob to run when the files hold several")
+    p.add_argument("--output", help="override spec.output.uri")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("export", help="run an Export locally")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
