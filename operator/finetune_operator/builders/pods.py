@@ -1,0 +1,135 @@
+"""The pod template every workload (validation, training, export) runs in: hardened and non-root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_api.common import OutputSpec, ResourcesSpec
+
+from ..settings import Settings
+from .common import (
+    CACHE_DIR,
+    CONFIG_DIR,
+    METRICS_PORT,
+    PVC_ROOT,
+    PodParts,
+    container_resources,
+    plain_env,
+    scheduling,
+    secret_env,
+)
+
+RUN_AS: int = 1000
+CONFIG_VOLUME = "config"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One pod's worth of intent: what runs, with which config file, on what compute."""
+
+    image: str
+    command: list[str]
+    config_map: str
+    resources: ResourcesSpec
+    labels: dict[str, str]
+    parts: PodParts
+
+
+def output_parts(parts: PodParts, output: OutputSpec) -> None:
+    """Env for the output location: FINETUNE_OUTPUT_URI, the S3 endpoint/region and the keys by reference."""
+    parts.env += plain_env(
+        {
+            "FINETUNE_OUTPUT_URI": output.uri,
+            "AWS_ENDPOINT_URL_S3": output.endpoint,
+            "AWS_REGION": output.region,
+        }
+    )
+    if output.credentials_secret:
+        secret = output.credentials_secret
+        parts.env += [
+            secret_env("AWS_ACCESS_KEY_ID", secret, "accessKeyId"),
+            secret_env("AWS_SECRET_ACCESS_KEY", secret, "secretAccessKey"),
+        ]
+        folder = parts.add_secret_dir(secret, "output")
+        parts.env += plain_env({"FINETUNE_S3_CREDENTIALS_DIR": folder})
+
+
+def source_credentials(parts: PodParts, secret: str | None, mount_as: str) -> None:
+    """A model or dataset source's Secret: HF_TOKEN (if the key exists) and the whole Secret as files."""
+    if not secret:
+        return
+    if not any(e["name"] == "HF_TOKEN" for e in parts.env):
+        parts.env.append(secret_env("HF_TOKEN", secret, "HF_TOKEN", optional=True))
+    parts.add_secret_dir(secret, mount_as)
+
+
+def _container(work: Workload, settings: Settings) -> dict[str, Any]:
+    env = plain_env(
+        {
+            "HOME": "/tmp",
+            "FINETUNE_CACHE_DIR": CACHE_DIR,
+            "HF_HOME": f"{CACHE_DIR}/hf",
+            "FINETUNE_PVC_ROOT": PVC_ROOT,
+            "FINETUNE_METRICS_PORT": str(METRICS_PORT),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    mounts = [
+        {"name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": CACHE_DIR},
+    ]
+    if work.resources.gpus_per_node:
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})  # NCCL and dataloaders need more than 64Mi
+    container: dict[str, Any] = {
+        "name": "trainer",
+        "image": work.image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": work.command,
+        "env": env + work.parts.env,
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "volumeMounts": mounts + work.parts.mounts,
+        # The trainer writes its final summary here; logs stand in when it died before writing.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    resources = container_resources(work.resources, settings)
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def pod_template(work: Workload, settings: Settings) -> dict[str, Any]:
+    """The pod template: restartPolicy Never (the Job retries), non-root, seccomp RuntimeDefault."""
+    volumes: list[dict[str, Any]] = [
+        {"name": CONFIG_VOLUME, "configMap": {"name": work.config_map}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+    ]
+    if work.resources.gpus_per_node:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(work, settings)],
+        "volumes": volumes + work.parts.volumes,
+        **scheduling(work.resources),
+    }
+    if settings.service_account:
+        spec["serviceAccountName"] = settings.service_account
+    # The trainer never talks to the Kubernetes API: no token in the pod.
+    spec["automountServiceAccountToken"] = False
+    return {"metadata": {"labels": dict(work.labels)}, "spec": spec}

@@ -1,0 +1,131 @@
+"""tiny:// models: URI parsing (pure), deterministic builds, and the saved folder behaving like a real model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from finetune_trainer.model.tiny import (
+    IM_END,
+    IM_START,
+    TinySpec,
+    cache_root,
+    parse_tiny_uri,
+    tiny_model_path,
+)
+
+from .helpers import weights_sha256
+
+
+# ---- pure ----------------------------------------------------------------------------------------
+
+
+def test_parse_defaults_and_overrides() -> None:
+    assert parse_tiny_uri("tiny://llama") == TinySpec(arch="llama")
+    spec = parse_tiny_uri("tiny://qwen2?layers=4&hidden=256&heads=8&kv_heads=2&seed=0")
+    assert (spec.arch, spec.layers, spec.hidden, spec.heads, spec.kv_heads) == ("qwen2", 4, 256, 8, 2)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("tiny://gpt5", "tiny://<arch>"),
+        ("tiny://llama/extra", "tiny://<arch>"),
+        ("tiny://llama?depth=3", "unknown tiny:// option 'depth'"),
+        ("tiny://llama?layers=two", "layers='two' must be a positive integer"),
+        ("tiny://llama?layers=0", "must be a positive integer"),
+        ("tiny://llama?hidden=65", "hidden must be a multiple of heads"),
+        ("tiny://llama?heads=4&kv_heads=3", "heads a multiple of kv_heads"),
+    ],
+)
+def test_parse_rejects_bad_uris_naming_the_field(uri: str, message: str) -> None:
+    with pytest.raises(ValueError, match="model.source") as err:
+        parse_tiny_uri(uri)
+    assert message in str(err.value)
+
+
+def test_cache_name_keys_by_arch_version_and_changed_fields_only() -> None:
+    assert TinySpec(arch="llama").cache_name() == "llama-v1"
+    assert TinySpec(arch="qwen2", layers=4, seed=0).cache_name() == "qwen2-v1-layers4"
+
+
+def test_cache_root_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path))
+    assert cache_root() == tmp_path
+    monkeypatch.delenv("FINETUNE_CACHE_DIR")
+    assert cache_root() == Path.home() / ".cache" / "finetune-operator"
+
+
+# ---- builds --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_build_is_deterministic_and_loads_as_a_normal_hf_folder(arch: str, tmp_path: Path) -> None:
+    first = tiny_model_path(f"tiny://{arch}", root=tmp_path / "a")
+    second = tiny_model_path(f"tiny://{arch}", root=tmp_path / "b")
+    assert first != second
+    assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
+    model_a = AutoModelForCausalLM.from_pretrained(first)
+    model_b = AutoModelForCausalLM.from_pretrained(second)
+    assert weights_sha256(model_a) == weights_sha256(model_b)
+    assert model_a.config.model_type == arch
+    tokenizer = AutoTokenizer.from_pretrained(first)
+    assert model_a.config.vocab_size == len(tokenizer)
+    # A different seed is a different model.
+    other = AutoModelForCausalLM.from_pretrained(tiny_model_path(f"tiny://{arch}?seed=1", root=tmp_path / "a"))
+    assert weights_sha256(other) != weights_sha256(model_a)
+
+
+def test_build_is_cached_and_leaves_no_staging_folders(tmp_path: Path) -> None:
+    path = tiny_model_path("tiny://llama", root=tmp_path)
+    marker = path / "config.json"
+    mtime = marker.stat().st_mtime_ns
+    assert tiny_model_path("tiny://llama", root=tmp_path) == path
+    assert marker.stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["llama-v1"]
+
+
+def test_overrides_shape_the_model(tmp_path: Path) -> None:
+    path = tiny_model_path("tiny://llama?layers=3&hidden=96&heads=6&kv_heads=3&intermediate=160", root=tmp_path)
+    config = AutoModelForCausalLM.from_pretrained(path).config
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (3, 96, 6)
+    assert (config.num_key_value_heads, config.intermediate_size) == (3, 160)
+
+
+def test_tokenizer_has_special_tokens_and_a_chatml_template(tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path("tiny://qwen2", root=tmp_path))
+    assert {tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token} == {
+        "<|begin_of_text|>",
+        "<|endoftext|>",
+        "<|pad|>",
+    }
+    text = "The model trains the weights."
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    assert len(ids) < len(text) / 2, "BPE merges should compress ordinary words"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert tokenizer.decode(out["input_ids"]) == (
+        f"{IM_START}user\nhi{IM_END}\n{IM_START}assistant\nhello{IM_END}\n"
+    )
+    # The assistant mask covers exactly "hello<|im_end|>".
+    masked = [t for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
+    assert tokenizer.decode(masked) == f"hello{IM_END}"
+    for token in (IM_START, IM_END):
+        assert len(tokenizer(token)["input_ids"]) == 1
+
+
+def test_tiny_model_generates_and_round_trips_save_pretrained(tmp_path: Path) -> None:
+    path = tiny_model_path("tiny://llama", root=tmp_path / "cache")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    ids = tokenizer("The cat reads", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+    assert out.shape == (1, ids["input_ids"].shape[1] + 4)
+    model.save_pretrained(tmp_path / "copy")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "copy")
+    assert weights_sha256(reloaded) == weights_sha256(model)
+    assert torch.equal(reloaded(**ids).logits, model(**ids).logits)

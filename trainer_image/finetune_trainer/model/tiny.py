@@ -1,0 +1,206 @@
+"""``tiny://<arch>`` models: small random LLaMA / Qwen2 models with a locally trained tokenizer.
+
+They exist for smoke tests, offline demos and benchmarks: built in seconds from a config and a
+fixed seed (so two builds are identical), cached on disk as a normal Hugging Face folder, so
+every later path (loading, PEFT, saving, export) treats them exactly like a downloaded model.
+
+``tiny://llama?layers=4&hidden=256`` overrides the defaults; e.g.
+``tiny://llama?layers=8&hidden=512&intermediate=1408&heads=8&kv_heads=4&vocab=8192`` is a ~25M
+parameter model for throughput benchmarks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast
+from urllib.parse import parse_qsl, urlsplit
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Config
+from transformers import PreTrainedTokenizerFast
+
+from .corpus import corpus_lines
+
+# Bump when the corpus, tokenizer recipe or default shapes change: it is part of the cache key.
+TINY_VERSION = 1
+CACHE_DIR_ENV = "FINETUNE_CACHE_DIR"
+TinyArch = Literal["llama", "qwen2"]
+TINY_ARCHS: tuple[TinyArch, ...] = ("llama", "qwen2")
+
+BOS, EOS, PAD = "<|begin_of_text|>", "<|endoftext|>", "<|pad|>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, IM_START, IM_END]
+
+# ChatML; the {% generation %} markers let transformers return an assistant-token mask.
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{% generation %}{{- message['content'] + '<|im_end|>' }}{% endgeneration %}{{- '\\n' }}"
+    "{%- else %}"
+    "{{- message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of a tiny model; every field can be overridden in the URI's query string."""
+
+    arch: TinyArch
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 128
+    vocab: int = 1024
+    """Target tokenizer size; the embedding is padded up to it if the corpus yields fewer tokens."""
+    max_positions: int = 2048
+    seed: int = 0
+
+    def cache_name(self) -> str:
+        """Folder name: arch, version, and only the fields that differ from the defaults."""
+        defaults = TinySpec(arch=self.arch)
+        changed = [
+            f"{f.name}{getattr(self, f.name)}"
+            for f in dataclasses.fields(self)
+            if f.name != "arch" and getattr(self, f.name) != getattr(defaults, f.name)
+        ]
+        return "-".join([self.arch, f"v{TINY_VERSION}", *changed])
+
+
+def parse_tiny_uri(uri: str) -> TinySpec:
+    """Parse ``tiny://<arch>[?key=int&...]`` into a :class:`TinySpec`.
+
+    Raises:
+        ValueError: unknown arch or option, non-integer values, or inconsistent shapes; the
+            message names ``model.source``.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme != "tiny" or parts.netloc not in TINY_ARCHS or parts.path not in ("", "/"):
+        raise ValueError(f"model.source: {uri!r} is not tiny://<arch> with arch one of {', '.join(TINY_ARCHS)}")
+    known = {f.name for f in dataclasses.fields(TinySpec)} - {"arch"}
+    options: dict[str, int] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)):
+        if key not in known:
+            raise ValueError(f"model.source: unknown tiny:// option {key!r}; known: {', '.join(sorted(known))}")
+        if not value.isdigit() or (int(value) == 0 and key != "seed"):
+            raise ValueError(f"model.source: tiny:// option {key}={value!r} must be a positive integer (seed may be 0)")
+        options[key] = int(value)
+    spec = TinySpec(arch=cast(TinyArch, parts.netloc), **options)
+    if spec.hidden % spec.heads or spec.heads % spec.kv_heads or (spec.hidden // spec.heads) % 2:
+        raise ValueError(
+            f"model.source: {uri!r}: hidden must be a multiple of heads with an even head size, "
+            "and heads a multiple of kv_heads"
+        )
+    return spec
+
+
+def cache_root() -> Path:
+    """Root of the trainer's on-disk cache: ``$FINETUNE_CACHE_DIR`` or ``~/.cache/finetune-operator``."""
+    env = os.environ.get(CACHE_DIR_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "finetune-operator"
+
+
+def tiny_model_path(uri: str, *, root: Path | None = None) -> Path:
+    """The local folder of ``uri``'s tiny model, building and caching it first if needed.
+
+    Concurrent builders are safe: each builds in a temporary sibling folder and renames it into
+    place; the loser of the race discards its copy.
+    """
+    spec = parse_tiny_uri(uri)
+    base = (root or cache_root()) / "tiny"
+    target = base / spec.cache_name()
+    if (target / "config.json").is_file():
+        return target
+    base.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{spec.cache_name()}-", dir=base))
+    try:
+        save_tiny_model(spec, staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def save_tiny_model(spec: TinySpec, folder: Path) -> None:
+    """Build the tokenizer and model of ``spec`` and save both into ``folder`` (HF layout)."""
+    tokenizer = build_tiny_tokenizer(spec)
+    model = build_tiny_model(spec, tokenizer)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "tiny.json").write_text(json.dumps({"version": TINY_VERSION, **dataclasses.asdict(spec)}) + "\n")
+
+
+def build_tiny_tokenizer(spec: TinySpec) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the built-in corpus, with special tokens and a ChatML template."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus_lines(seed=spec.seed), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        extra_special_tokens=[IM_START, IM_END],
+        model_max_length=spec.max_positions,
+        clean_up_tokenization_spaces=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_config(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> PretrainedConfig:
+    """The model config of ``spec``: vocabulary and special-token ids taken from ``tokenizer``."""
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (("bos", BOS), ("eos", EOS), ("pad", PAD))}
+    common = dict(
+        vocab_size=max(len(tokenizer), spec.vocab),
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=spec.max_positions,
+        bos_token_id=ids["bos"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
+        tie_word_embeddings=False,
+        dtype="float32",
+    )
+    if spec.arch == "llama":
+        return LlamaConfig(**common)
+    return Qwen2Config(**common, use_sliding_window=False)
+
+
+def build_tiny_model(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    """A randomly initialised causal LM for ``spec``; the same spec always gives the same weights."""
+    config = tiny_config(spec, tokenizer)
+    # A private RNG state: building a tiny model must not shift the caller's random stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.eos_token_id = [config.eos_token_id, tokenizer.convert_tokens_to_ids(IM_END)]
+    model.generation_config.pad_token_id = config.pad_token_id
+    return model

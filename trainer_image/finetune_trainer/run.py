@@ -1,0 +1,93 @@
+"""`finetune run`: one FineTuneJob, on a workstation or inside the trainer pod (also under torchrun:
+`python -m finetune_trainer.run job.yaml`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_api.dataset import DatasetSpec
+from finetune_api.manifests import load_documents
+from finetune_api.method import Stage
+from finetune_api.resources import Dataset, FineTuneJob
+from finetune_api.validation import validate_documents
+
+log = logging.getLogger("finetune")
+
+IMPLEMENTED_STAGES = (Stage.PT, Stage.SFT)
+
+
+@dataclass
+class RunPlan:
+    """A validated FineTuneJob, its Datasets in reference order, and where its outputs go."""
+
+    job: FineTuneJob
+    datasets: list[tuple[str, DatasetSpec, float]]
+    output_uri: str
+    documents: list[dict[str, Any]]
+
+
+def plan_run(files: Sequence[str], *, job_name: str | None = None, output: str | None = None) -> RunPlan:
+    """Read, validate and resolve; a ValueError lists every problem found."""
+    docs = load_documents(files)
+    bodies = [d.body for d in docs]
+    results = validate_documents(bodies, require_datasets=True)
+    problems = [f"{docs[i].label}: {e}" for i, errors in results.items() for e in errors]
+    if problems:
+        raise ValueError("invalid manifests:\n  " + "\n  ".join(problems))
+    jobs = [FineTuneJob.model_validate(b) for b in bodies if b.get("kind") == "FineTuneJob"]
+    if job_name is not None:
+        jobs = [j for j in jobs if j.metadata.name == job_name]
+    if len(jobs) != 1:
+        names = ", ".join(j.metadata.name for j in jobs) or "none"
+        raise ValueError(f"expected exactly one FineTuneJob (use --job NAME); found {names}")
+    job = jobs[0]
+    found = {ds.metadata.name: ds for ds in (Dataset.model_validate(b) for b in bodies if b.get("kind") == "Dataset")}
+    datasets = [(ref.ref, found[ref.ref].spec, ref.weight) for ref in job.spec.datasets]
+    if job.spec.method.stage not in IMPLEMENTED_STAGES:
+        supported = ", ".join(s.value for s in IMPLEMENTED_STAGES)
+        raise ValueError(f"spec.method.stage: {job.spec.method.stage.value} is not available yet (supported: {supported})")
+    uri = output or (job.spec.output.uri if job.spec.output else f"file://./runs/{job.metadata.name}")
+    used = {"FineTuneJob": {job.metadata.name}, "Dataset": {name for name, _, _ in datasets}}
+    documents = [b for b in bodies if b.get("metadata", {}).get("name") in used.get(b.get("kind", ""), set())]
+    return RunPlan(job, datasets, uri, documents)
+
+
+def execute(plan: RunPlan) -> Any:
+    """Run the plan's stage; returns the recipe's outcome. Imports the training stack."""
+    from .data import dataset_config
+    from .train.causal_lm import run_causal_lm
+    from .train.workspace import open_workspace
+
+    ws = open_workspace(plan.job.metadata.name, plan.job.spec, plan.output_uri)
+    configs = [dataset_config(spec, name=name, weight=weight) for name, spec, weight in plan.datasets]
+    try:
+        outcome = run_causal_lm(ws, configs, plan.documents)
+    except BaseException as exc:
+        ws.close(failed=f"{type(exc).__name__}: {exc}")
+        raise
+    ws.close()
+    return outcome
+
+
+def run_from_files(files: Sequence[str], *, job_name: str | None = None, output: str | None = None) -> int:
+    """The CLI's `run`: exit 0 on success, 1 with a clear message (no traceback) on bad input."""
+    logging.basicConfig(level=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        plan = plan_run(files, job_name=job_name, output=output)
+        log.info("running %s (stage %s) → %s", plan.job.metadata.name, plan.job.spec.method.stage.value, plan.output_uri)
+        outcome = execute(plan)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if outcome.adapter_uri:
+        log.info("done: %d steps, train loss %s, adapter at %s", outcome.global_step, outcome.train_loss, outcome.adapter_uri)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_from_files(sys.argv[1:]))

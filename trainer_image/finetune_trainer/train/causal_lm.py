@@ -1,0 +1,88 @@
+"""The pt and sft recipe: next-token prediction on plain text (pt) or on responses (sft).
+
+Reads top to bottom: tokenizer → data (fails on bad data before any model is loaded) → model →
+adapters → optimizer → Trainer → train (resuming from the newest complete checkpoint) → save.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from transformers import PrinterCallback, Trainer
+
+from ..data import DatasetConfig, job_processing_config, make_collator, prepare_dataset
+from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
+from ..model.loader import load_tokenizer
+from ..model.sources import fetch_source
+from .arguments import build_training_arguments
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOutcome:
+    """What a recipe reports back to `finetune run`."""
+
+    global_step: int
+    train_loss: float | None
+    adapter_uri: str | None
+    resumed_from: str | None
+    metrics: dict[str, float]
+
+
+def run_causal_lm(ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, object]]) -> TrainOutcome:
+    """Train ``ws.spec`` (stage pt or sft) on ``datasets``; ``documents`` are saved as the resolved spec."""
+    spec = ws.spec
+    processing = job_processing_config(spec)
+
+    tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
+    data = prepare_dataset(datasets, processing, tokenizer)
+    for summary in data.summaries:
+        if summary.num_errors:
+            log.warning("%s: %d malformed rows skipped, first: %s", summary.name, summary.num_errors, summary.errors[:3])
+
+    loaded = load_model_and_tokenizer(
+        spec.model,
+        finetuning=spec.method.finetuning,
+        precision=spec.training.precision,
+        gradient_checkpointing=spec.training.gradient_checkpointing,
+    )
+    model = prepare_model_for_training(
+        loaded.model, spec.method, adapter=loaded.adapter_path, vocab_resized=loaded.vocab_resized
+    )
+    optimizer = build_optimizer(model, spec.method, spec.training)
+
+    args = build_training_arguments(spec, output_dir=ws.work_dir / "trainer", has_eval=data.eval is not None)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=make_collator(processing, loaded.tokenizer),
+        processing_class=loaded.tokenizer,
+        optimizers=(optimizer, None),
+        callbacks=ws.callbacks(),  # type: ignore[arg-type]
+    )
+    trainer.remove_callback(PrinterCallback)  # our progress bar and trainer_log.jsonl report the logs
+    resume = ws.resume_checkpoint()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    metrics = dict(result.metrics)
+    if data.eval is not None:
+        metrics |= trainer.evaluate()
+
+    adapter_uri = None
+    if ws.is_main:
+        final = ws.work_dir / "final"
+        trainer.save_model(str(final))
+        loaded.tokenizer.save_pretrained(str(final))
+        adapter_uri = ws.save_final(final, documents)
+    return TrainOutcome(
+        global_step=trainer.state.global_step,
+        train_loss=metrics.get("train_loss"),
+        adapter_uri=adapter_uri,
+        resumed_from=str(resume) if resume else None,
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+    )

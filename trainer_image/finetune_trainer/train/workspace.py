@@ -1,0 +1,158 @@
+"""One run's places and plumbing: the output store, local staging, resume, progress, final artifacts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from finetune_api.finetunejob import FineTuneJobSpec
+
+from ..progress import ProgressReporter, TrainingMetrics, start_metrics_server
+from ..storage import (
+    BackgroundUploader,
+    ObjectStore,
+    open_store,
+    restore_latest_checkpoint,
+    upload_with_manifest,
+)
+from .callbacks import CheckpointUploadCallback, JsonlLogCallback, ProgressCallback
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+TRAINER_LOG = "trainer_log.jsonl"
+LOSS_PLOT = "loss.png"
+RESOLVED_SPEC = "job.yaml"
+
+
+def global_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+@dataclass
+class Workspace:
+    """Where a run reads and writes; rank 0 owns the progress record and the uploads."""
+
+    name: str
+    spec: FineTuneJobSpec
+    output_uri: str
+    store: ObjectStore
+    work_dir: Path
+    reporter: ProgressReporter | None
+    uploader: BackgroundUploader | None
+
+    @property
+    def is_main(self) -> bool:
+        return self.reporter is not None
+
+    @property
+    def local_log(self) -> Path:
+        return self.work_dir / TRAINER_LOG
+
+    def callbacks(self) -> list[object]:
+        """The Trainer callbacks of this run (progress, JSONL log and uploads on rank 0 only)."""
+        if self.reporter is None or self.uploader is None:
+            return []
+        reporter = self.reporter
+        return [
+            ProgressCallback(reporter),
+            JsonlLogCallback(self.local_log),
+            CheckpointUploadCallback(
+                self.uploader,
+                self.store.child(CHECKPOINTS),
+                keep=self.spec.training.save_total_limit,
+                on_uploaded=reporter.on_checkpoint,
+            ),
+        ]
+
+    def resume_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint in the output location, downloaded; None on a fresh start.
+
+        Every rank downloads its own copy: ranks may be on different nodes with no shared disk.
+        """
+        restored = restore_latest_checkpoint(self.store.child(CHECKPOINTS), self.work_dir / f"resume-{global_rank()}")
+        if restored is None:
+            return None
+        ref, path = restored
+        log.info("resuming from %s (step %d)", ref.uri, ref.step)
+        return path
+
+    def save_final(self, model_dir: Path, spec_documents: list[dict[str, object]]) -> str:
+        """Upload the final adapter/model (manifest last), the log, the loss plot and the resolved spec."""
+        assert self.uploader is not None, "only rank 0 saves"
+        self.uploader.wait()  # checkpoints first: the final artifact is the last word
+        upload_with_manifest(model_dir, self.store.child(ADAPTER))
+        spec_text = yaml.safe_dump_all(spec_documents, sort_keys=False)
+        self.store.put_bytes(RESOLVED_SPEC, spec_text.encode(), content_type="application/yaml")
+        if self.local_log.is_file():
+            self.store.put_file(TRAINER_LOG, self.local_log)
+            plot = self.work_dir / LOSS_PLOT
+            if plot_loss(self.local_log, plot):
+                self.store.put_file(LOSS_PLOT, plot)
+        return str(self.store.uri.join(ADAPTER))
+
+    def close(self, *, failed: str | None = None) -> None:
+        """Finish uploads and write the final progress record (Succeeded, or Failed with the error)."""
+        error = failed
+        if self.uploader is not None:
+            try:
+                self.uploader.close()
+            except Exception as exc:  # an upload that failed must not hide the training error
+                error = error or f"checkpoint upload failed: {exc}"
+        if self.reporter is not None:
+            self.reporter.finish("Failed" if error else "Succeeded", error)
+        if os.environ.get("FINETUNE_KEEP_WORK_DIR") != "1":
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def open_workspace(name: str, spec: FineTuneJobSpec, output_uri: str) -> Workspace:
+    """Open the output store and local staging dir; rank 0 also starts metrics and progress."""
+    store = open_store(output_uri)
+    root = Path(os.environ.get("FINETUNE_WORK_DIR") or tempfile.mkdtemp(prefix=f"finetune-{name}-"))
+    work_dir = root / f"rank-{global_rank()}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if global_rank() != 0:
+        return Workspace(name, spec, output_uri, store, work_dir, None, None)
+    metrics = TrainingMetrics()
+    if os.environ.get("FINETUNE_METRICS_PORT") != "0":
+        try:
+            start_metrics_server(metrics)
+        except OSError as exc:  # a second local run on the same port: train anyway, without an endpoint
+            log.warning("metrics endpoint not started: %s", exc)
+    reporter = ProgressReporter(store=store, metrics=metrics)
+    return Workspace(name, spec, output_uri, store, work_dir, reporter, BackgroundUploader())
+
+
+def plot_loss(log_path: Path, png: Path) -> bool:
+    """The loss curve of trainer_log.jsonl as a PNG; False when there is nothing to plot."""
+    steps, losses = [], []
+    for line in log_path.read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            steps.append(record["step"])
+            losses.append(record["loss"])
+    if not steps:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return True
