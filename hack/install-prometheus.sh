@@ -20,4 +20,8 @@ fi
 trap 'if [ "$created_policy" = 1 ]; then $sudo_cmd rm -f "$policy"; fi' EXIT
 $sudo_cmd apt-get update -q
 DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends prometheus
+# On a host booted with systemd the package enables its unit: keep it off (port 9090, disk use).
+if [ -d /run/systemd/system ]; then
+  $sudo_cmd systemctl disable --now prometheus.service || true
+fi
 command -v prometheus >/dev/null && command -v promtool >/dev/null

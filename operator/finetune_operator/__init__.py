@@ -1,0 +1,1 @@
+"""The finetune-operator: kopf handlers, pure builders and status logic. Run: `python -m finetune_operator`."""

@@ -226,3 +226,57 @@ def test_kubectl_server_side_dry_run_validates_without_creating(
     assert batch.list_namespaced_job(namespace).items == [], "a dry run must not persist"
     assert rejected.returncode != 0
     assert "spec.backoffLimit" in rejected.stderr
+
+
+def test_on_failure_pod_restarts_until_job_backoff_is_spent(
+    namespace: str, core: client.CoreV1Api, batch: client.BatchV1Api
+) -> None:
+    job = job_manifest(
+        "flaky", {"app": "flaky"}, backoff_limit=1, annotations={"fake-kubelet.finetune.dev/exit-code": "2"}
+    )
+    job["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
+    batch.create_namespaced_job(namespace, job)
+
+    def restarted_container() -> client.V1ContainerStatus | None:
+        statuses = [cs for p in pods_of(core, namespace, "flaky") for cs in p.status.container_statuses or []]
+        return next((cs for cs in statuses if cs.restart_count > 0), None)
+
+    restarted = wait_until(restarted_container, 60, "a restarted container")
+    failed = wait_until(lambda: job_condition(batch, namespace, "flaky", "Failed"), 60, "Job flaky Failed")
+
+    assert restarted.last_state.terminated.exit_code == 2
+    assert failed.reason == "BackoffLimitExceeded"
+
+
+def test_install_crds_waits_until_established(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    suffix = namespace.replace("-", "")  # cluster-scoped names, unique per test run
+    group, plural, kind = "fixture.finetune.dev", f"widgets{suffix}", f"Widget{suffix}"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": plural, "singular": plural[:-1], "kind": kind},
+            "versions": [{
+                "name": "v1", "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "properties": {"size": {"type": "integer", "minimum": 1}}}
+                }}},
+            }],
+        },
+    }  # fmt: skip
+    (tmp_path / "widget.yaml").write_text(yaml.safe_dump(crd))
+    custom = client.CustomObjectsApi(cluster.api_client)
+    try:
+        assert cluster.install_crds(tmp_path) == [f"{plural}.{group}"]
+        body = {"apiVersion": f"{group}/v1", "kind": kind, "metadata": {"name": "w"}}
+        custom.create_namespaced_custom_object(group, "v1", namespace, plural, {**body, "spec": {"size": 2}})
+        with pytest.raises(ApiException) as invalid:
+            custom.create_namespaced_custom_object(
+                group, "v1", namespace, plural, {**body, "spec": {"size": 0}}
+            )
+        assert invalid.value.status == 422
+    finally:
+        client.ApiextensionsV1Api(cluster.api_client).delete_custom_resource_definition(f"{plural}.{group}")

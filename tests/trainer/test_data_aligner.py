@@ -32,10 +32,22 @@ def bot(text: str) -> dict[str, str]:
 
 def test_alpaca_with_input_history_and_system(tmp_path: Path, data_cache_dir: Path) -> None:
     rows = [
-        {"instruction": "Translate", "input": "hello", "output": "hallo", "system": "be brief", "history": [["hi", "hey"]]},
+        {
+            "instruction": "Translate",
+            "input": "hello",
+            "output": "hallo",
+            "system": "be brief",
+            "history": [["hi", "hey"]],
+        },
         {"instruction": "Count", "input": "", "output": "1 2 3", "system": "", "history": []},
     ]
-    result = align_file(tmp_path, data_cache_dir, rows, Shape.SUPERVISED, columns=ColumnNames(system="system", history="history"))
+    result = align_file(
+        tmp_path,
+        data_cache_dir,
+        rows,
+        Shape.SUPERVISED,
+        columns=ColumnNames(system="system", history="history"),
+    )
     first, second = list(result.dataset)
     assert first["_prompt"] == [user("hi"), bot("hey"), user("Translate\nhello")]
     assert first["_response"] == [bot("hallo")]
@@ -59,16 +71,30 @@ def test_sharegpt_with_system_tools_observation_and_custom_tags(tmp_path: Path, 
         }
     ]
     cols = ColumnNames(messages="dialog", tools="tools")
-    result = align_file(tmp_path, data_cache_dir, rows, Shape.SUPERVISED, format="sharegpt", columns=cols, tags=tags)
+    result = align_file(
+        tmp_path, data_cache_dir, rows, Shape.SUPERVISED, format="sharegpt", columns=cols, tags=tags
+    )
     row = result.dataset[0]
     assert row["_system"] == "sys"
-    assert row["_prompt"] == [user("weather?"), {"role": "function", "content": '{"name": "weather"}'}, {"role": "observation", "content": "sunny"}]
+    assert row["_prompt"] == [
+        user("weather?"),
+        {"role": "function", "content": '{"name": "weather"}'},
+        {"role": "observation", "content": "sunny"},
+    ]
     assert row["_response"] == [bot("It is sunny.")]
     assert json.loads(row["_tools"]) == [{"name": "weather"}]
 
 
 def test_openai_messages(tmp_path: Path, data_cache_dir: Path) -> None:
-    rows = [{"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": "A"},
+            ]
+        }
+    ]
     row = align_file(tmp_path, data_cache_dir, rows, Shape.SUPERVISED, format="openai").dataset[0]
     assert (row["_system"], row["_prompt"], row["_response"]) == ("S", [user("Q")], [bot("A")])
 
@@ -85,7 +111,9 @@ def test_preference_pairs_alpaca_and_sharegpt(tmp_path: Path, data_cache_dir: Pa
             "rejected": {"from": "gpt", "value": "bad"},
         }
     ]
-    row = align_file(tmp_path, data_cache_dir, sharegpt, Shape.PAIRWISE, format="sharegpt", ranking=True).dataset[0]
+    row = align_file(
+        tmp_path, data_cache_dir, sharegpt, Shape.PAIRWISE, format="sharegpt", ranking=True
+    ).dataset[0]
     assert row["_response"] == [bot("good"), bot("bad")]
 
 
@@ -149,7 +177,13 @@ def test_all_malformed_fails_fast_naming_dataset_and_rows(tmp_path: Path, data_c
 
 def test_missing_mapped_column_is_a_dataset_error(tmp_path: Path, data_cache_dir: Path) -> None:
     with pytest.raises(ValueError, match=r"column\(s\) \['question'\] not found"):
-        align_file(tmp_path, data_cache_dir, [{"instruction": "q", "output": "a"}], Shape.SUPERVISED, columns=ColumnNames(prompt="question"))
+        align_file(
+            tmp_path,
+            data_cache_dir,
+            [{"instruction": "q", "output": "a"}],
+            Shape.SUPERVISED,
+            columns=ColumnNames(prompt="question"),
+        )
 
 
 def test_validate_dataset_from_api_spec(tmp_path: Path, data_cache_dir: Path, data_tokenizer: Any) -> None:
@@ -158,11 +192,16 @@ def test_validate_dataset_from_api_spec(tmp_path: Path, data_cache_dir: Path, da
     path = tmp_path / "rows.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     spec = DatasetSpec(source=path.as_uri(), columns=ColumnMapping(prompt="q", response="a"))
-    report = validate_dataset(spec, name="qa", tokenizer=data_tokenizer, template="chatml", cutoff_len=24, cache_dir=data_cache_dir)
+    report = validate_dataset(
+        spec, name="qa", tokenizer=data_tokenizer, template="chatml", cutoff_len=40, cache_dir=data_cache_dir
+    )
     assert report.valid and report.name == "qa"
     assert (report.num_samples, report.num_errors) == (9, 1)
     assert [(e.row, e.field, e.message) for e in report.errors] == [(4, "a", "missing")]
-    assert report.preview[0] == "<|im_start|>user\nquestion 0<|im_end|>\n<|im_start|>assistant\nword <|im_end|>\n"
+    assert (
+        report.preview[0]
+        == "<|im_start|>user\nquestion 0<|im_end|>\n<|im_start|>assistant\nword <|im_end|>\n"
+    )
     stats = report.token_stats
     assert stats is not None and stats.min < stats.p95 <= stats.max
     assert 0 < (stats.over_cutoff or 0) < 9
@@ -171,7 +210,7 @@ def test_validate_dataset_from_api_spec(tmp_path: Path, data_cache_dir: Path, da
 def test_validate_dataset_reports_an_unusable_dataset(tmp_path: Path, data_cache_dir: Path) -> None:
     path = tmp_path / "rows.jsonl"
     path.write_text('{"conversations": "x"}\n{"conversations": []}\n')
-    spec = DatasetSpec(source=str(path).join(["file://", ""]), format="sharegpt", tags=TagMapping(role_tag="from"))
+    spec = DatasetSpec(source=path.as_uri(), format="sharegpt", tags=TagMapping(role_tag="from"))
     report = validate_dataset(spec, cache_dir=data_cache_dir)
     assert not report.valid and report.num_errors == 2
     assert [e.row for e in report.errors] == [0, 1]
@@ -181,11 +220,19 @@ def test_validate_dataset_reports_an_unusable_dataset(tmp_path: Path, data_cache
 
 
 def test_api_columns_and_tags_merge_with_format_defaults() -> None:
-    spec = DatasetSpec(source="file:///d.jsonl", format="openai", ranking=True, columns=ColumnMapping(messages="chat"), tags=TagMapping(user_tag="human"))
+    spec = DatasetSpec(
+        source="file:///d.jsonl",
+        format="openai",
+        ranking=True,
+        columns=ColumnMapping(messages="chat"),
+        tags=TagMapping(user_tag="human"),
+    )
     cfg = dataset_config(spec, name="d", weight=2.0)
     cols, tags = cfg.resolved_columns(), cfg.resolved_tags()
     assert (cols.messages, cols.chosen, cols.rejected) == ("chat", "chosen", "rejected")
     assert (tags.role_tag, tags.user_tag, tags.assistant_tag) == ("role", "human", "assistant")
-    text = dataset_config(DatasetSpec(source="file:///t.txt", format="text", columns=ColumnMapping(text="body")))
+    text = dataset_config(
+        DatasetSpec(source="file:///t.txt", format="text", columns=ColumnMapping(text="body"))
+    )
     assert text.resolved_columns().prompt == "body"
     assert cfg.weight == 2.0 and Stage.SFT.value == "sft"

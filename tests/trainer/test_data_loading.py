@@ -59,7 +59,11 @@ def test_txt_loads_one_row_per_line_as_text_format(tmp_path: Path, data_cache_di
     path.write_text("first line\nsecond line\nthird line\n")
     cfg = DatasetConfig(source=str(path), format="text")
     result = align_rows(load_rows(cfg, cache_dir=data_cache_dir), cfg, Shape.TEXT)
-    assert [row["_prompt"][0]["content"] for row in result.dataset] == ["first line", "second line", "third line"]
+    assert [row["_prompt"][0]["content"] for row in result.dataset] == [
+        "first line",
+        "second line",
+        "third line",
+    ]
 
 
 def test_declared_file_type_overrides_the_extension(tmp_path: Path, data_cache_dir: Path) -> None:
@@ -77,7 +81,9 @@ def test_file_builder_refuses_mixed_folders() -> None:
     assert file_builder((Path("a.jsonl"), Path("b.json")), "auto") == "json"
 
 
-def test_folder_file_uri_and_pvc_sources(tmp_path: Path, data_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_folder_file_uri_and_pvc_sources(
+    tmp_path: Path, data_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "claim" / "sets" / "qa"
     folder.mkdir(parents=True)
     write_rows(folder / "part-0.jsonl", ROWS[:5])
@@ -124,7 +130,8 @@ def test_streaming_returns_an_iterable_dataset(tmp_path: Path, data_cache_dir: P
 def test_rows_with_disagreeing_types_are_reported_not_fatal(tmp_path: Path, data_cache_dir: Path) -> None:
     """pyarrow needs one schema per file; a row with a string where others have a list must not sink the load."""
     rows: list[dict[str, object]] = [
-        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]} for _ in range(4)
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+        for _ in range(4)
     ]
     rows[2] = {"conversations": "not a list"}
     path = tmp_path / "chat.jsonl"
@@ -163,7 +170,9 @@ def test_https_source_is_downloaded_once(data_http_root: tuple[Path, str], data_
     assert len(load_rows(cfg, cache_dir=data_cache_dir)) == 12
 
 
-def test_s3_object_and_prefix(s3_server, s3_bucket: str, tmp_path: Path, data_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_s3_object_and_prefix(
+    s3_server, s3_bucket: str, tmp_path: Path, data_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     monkeypatch.setenv("AWS_REGION", s3_server.region)
@@ -172,6 +181,8 @@ def test_s3_object_and_prefix(s3_server, s3_bucket: str, tmp_path: Path, data_ca
         client.upload_file(str(write_rows(tmp_path / name, part)), s3_bucket, f"sets/qa/{name}")
     prefix = DatasetConfig(source=f"s3://{s3_bucket}/sets/qa", s3_endpoint=s3_server.endpoint_url)
     assert len(load_rows(prefix, cache_dir=data_cache_dir)) == 12
-    single = DatasetConfig(source=f"s3://{s3_bucket}/sets/qa/part-1.jsonl", s3_endpoint=s3_server.endpoint_url)
+    single = DatasetConfig(
+        source=f"s3://{s3_bucket}/sets/qa/part-1.jsonl", s3_endpoint=s3_server.endpoint_url
+    )
     ds = load_rows(single, cache_dir=data_cache_dir)
     assert ds[0]["instruction"] == "question 4"

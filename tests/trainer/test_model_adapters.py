@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 from bitsandbytes.nn import Linear4bit
-from finetune_api.finetunejob import ModelSpec, Precision
-from finetune_api.method import MethodSpec
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
+from finetune_api.finetunejob import ModelSpec, Precision
+from finetune_api.method import MethodSpec
 from finetune_trainer.model import (
     LoadedModel,
     count_parameters,
@@ -55,7 +55,9 @@ def lora_layers(model: torch.nn.Module) -> dict[str, LoraLayer]:
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_lora_all_adapts_every_linear_but_the_head(arch: str) -> None:
     base = load(f"tiny://{arch}").model
-    linear = {n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")}
+    linear = {
+        n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head")
+    }
     assert find_linear_module_names(base) == ALL_LINEAR
     model = prepare_model_for_training(base, method(lora={"rank": 4}))
     assert isinstance(model, PeftModel)
@@ -79,7 +81,9 @@ def test_lora_explicit_targets_alpha_and_rslora() -> None:
 
 
 def test_lora_unknown_target_names_the_field() -> None:
-    with pytest.raises(ValueError, match=r"method.lora.targetModules: qkv_proj not found.*linear modules: down_proj"):
+    with pytest.raises(
+        ValueError, match=r"method.lora.targetModules: qkv_proj not found.*linear modules: down_proj"
+    ):
         prepared(method(lora={"targetModules": ["q_proj", "qkv_proj"]}))
 
 
@@ -155,15 +159,15 @@ def test_qlora_four_bit_trains_on_cpu_and_the_loss_falls() -> None:
     losses = assert_only_trainable_parameters_change(model, steps=2, input_ids=batch)
     losses += train_steps(model, steps=18, input_ids=batch, lr=5e-3)
     assert all(math.isfinite(loss) for loss in losses)
-    assert losses[-1] < 0.8 * losses[0], f"loss did not fall: {losses}"
+    assert losses[-1] < 0.5 * losses[0], f"loss did not fall: {losses}"
 
 
 def test_quantized_model_refuses_non_lora_tuning() -> None:
     spec = ModelSpec.model_validate({"source": "tiny://llama", "quantization": {"bits": 4}})
     base = load_model_and_tokenizer(spec).model
-    with pytest.raises(ValueError, match="model.quantization: needs method.finetuning: lora"):
+    with pytest.raises(ValueError, match=r"model.quantization: needs method.finetuning: lora"):
         prepare_model_for_training(base, method("freeze"))
-    with pytest.raises(ValueError, match="method.lora.pissaInit: PiSSA needs the unquantized base"):
+    with pytest.raises(ValueError, match=r"method.lora.pissaInit: PiSSA needs the unquantized base"):
         prepare_model_for_training(base, method(lora={"pissaInit": True}))
 
 
@@ -177,7 +181,11 @@ def test_quantized_model_refuses_non_lora_tuning() -> None:
         ({"trainableLayers": -1}, ["model.layers.0."]),
         ({"trainableLayers": 2, "trainableModules": ["mlp"]}, ["model.layers.0.mlp.", "model.layers.1.mlp."]),
         (
-            {"trainableLayers": 1, "trainableModules": ["self_attn"], "extraModules": ["embed_tokens", "norm"]},
+            {
+                "trainableLayers": 1,
+                "trainableModules": ["self_attn"],
+                "extraModules": ["embed_tokens", "norm"],
+            },
             ["model.layers.1.self_attn.", "model.embed_tokens.", "model.norm."],
         ),
     ],
@@ -215,3 +223,17 @@ def test_full_tuning_trains_everything_in_fp32() -> None:
     assert all(p.requires_grad and p.dtype == torch.float32 for p in model.parameters())
     assert count_parameters(model)[0] == count_parameters(model)[1]
     assert_only_trainable_parameters_change(model)
+
+
+def test_lora_on_the_reward_head_trains_the_score_layer_too() -> None:
+    spec = ModelSpec.model_validate({"source": "tiny://qwen2"})
+    base = load_model_and_tokenizer(spec, head="sequence_classification").model
+    model = prepare_model_for_training(base, method(lora={"rank": 4}))
+    names = trainable_names(model)
+    assert any("score.modules_to_save" in n for n in names), "PEFT's SEQ_CLS task saves the head"
+    assert not any("score.lora_" in n for n in names), "the head itself is not adapted"
+
+    def reward_loss(m: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+        return -m(input_ids=ids).logits.mean()
+
+    assert_only_trainable_parameters_change(model, loss_fn=reward_loss)

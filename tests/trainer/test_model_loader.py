@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 from bitsandbytes.nn import Linear4bit, Linear8bitLt
-from finetune_api.finetunejob import Attention, ModelSpec, Precision
-from finetune_api.method import Finetuning
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from finetune_api.finetunejob import Attention, ModelSpec, Precision
+from finetune_api.method import Finetuning
 from finetune_trainer.model import load_model_and_tokenizer, tiny_model_path
 from finetune_trainer.model.loader import (
     check_model_spec,
@@ -80,7 +80,7 @@ def test_pvc_sources_resolve_below_the_mount_root(monkeypatch: pytest.MonkeyPatc
 
 
 def test_missing_local_folder_names_the_field(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="model.source: .* does not exist"):
+    with pytest.raises(ValueError, match=r"model.source: .* does not exist"):
         load_model_and_tokenizer(spec(source=f"file://{tmp_path}/nothing"))
 
 
@@ -91,7 +91,7 @@ def test_resolve_dtype_on_cpu() -> None:
     assert resolve_dtype(Precision.AUTO, cuda=False) == torch.float32
     assert resolve_dtype(Precision.BF16, cuda=False) == torch.bfloat16
     assert resolve_dtype(Precision.FP32, cuda=False) == torch.float32
-    with pytest.raises(ValueError, match="training.precision: fp16 needs a CUDA GPU"):
+    with pytest.raises(ValueError, match=r"training.precision: fp16 needs a CUDA GPU"):
         resolve_dtype(Precision.FP16, cuda=False)
 
 
@@ -99,11 +99,11 @@ def test_resolve_attention() -> None:
     assert resolve_attention(Attention.AUTO, cuda=False, dtype=torch.bfloat16) == "sdpa"
     assert resolve_attention(Attention.EAGER, cuda=False, dtype=torch.float32) == "eager"
     assert resolve_attention(Attention.SDPA, cuda=True, dtype=torch.float16) == "sdpa"
-    with pytest.raises(ValueError, match="model.attention: flash_attention_2 cannot be used: no CUDA GPU"):
+    with pytest.raises(ValueError, match=r"model.attention: flash_attention_2 cannot be used: no CUDA GPU"):
         resolve_attention(Attention.FLASH_ATTENTION_2, cuda=False, dtype=torch.bfloat16)
     if not flash_attn_installed():
         assert resolve_attention(Attention.AUTO, cuda=True, dtype=torch.bfloat16) == "sdpa"
-        with pytest.raises(ValueError, match="flash-attn is not installed"):
+        with pytest.raises(ValueError, match=r"flash-attn is not installed"):
             resolve_attention(Attention.FLASH_ATTENTION_2, cuda=True, dtype=torch.bfloat16)
     else:
         assert resolve_attention(Attention.AUTO, cuda=True, dtype=torch.bfloat16) == "flash_attention_2"
@@ -118,7 +118,9 @@ def test_resolve_attention() -> None:
         ({"adapter": "s3://b/adapter"}, Finetuning.FULL, "model.adapter: .*not full"),
     ],
 )
-def test_unsupported_combinations_name_the_field(fields: dict[str, Any], finetuning: Finetuning, message: str) -> None:
+def test_unsupported_combinations_name_the_field(
+    fields: dict[str, Any], finetuning: Finetuning, message: str
+) -> None:
     with pytest.raises(ValueError, match=message):
         check_model_spec(spec(**fields), finetuning=finetuning)
     with pytest.raises(ValueError, match=message):
@@ -270,5 +272,5 @@ def test_empty_s3_prefix_names_the_field(
 ) -> None:
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(ValueError, match="model.adapter: no objects found below"):
+    with pytest.raises(ValueError, match=r"model.adapter: no objects found below"):
         fetch_source(f"s3://{s3_bucket}/nothing-here", field="model.adapter")

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from finetune_trainer.model.tiny import (
     IM_END,
     IM_START,
+    TINY_VERSION,
     TinySpec,
     cache_root,
     parse_tiny_uri,
@@ -18,7 +19,6 @@ from finetune_trainer.model.tiny import (
 )
 
 from .helpers import weights_sha256
-
 
 # ---- pure ----------------------------------------------------------------------------------------
 
@@ -42,14 +42,14 @@ def test_parse_defaults_and_overrides() -> None:
     ],
 )
 def test_parse_rejects_bad_uris_naming_the_field(uri: str, message: str) -> None:
-    with pytest.raises(ValueError, match="model.source") as err:
+    with pytest.raises(ValueError, match=r"model.source") as err:
         parse_tiny_uri(uri)
     assert message in str(err.value)
 
 
 def test_cache_name_keys_by_arch_version_and_changed_fields_only() -> None:
-    assert TinySpec(arch="llama").cache_name() == "llama-v1"
-    assert TinySpec(arch="qwen2", layers=4, seed=0).cache_name() == "qwen2-v1-layers4"
+    assert TinySpec(arch="llama").cache_name() == f"llama-v{TINY_VERSION}"
+    assert TinySpec(arch="qwen2", layers=4, seed=0).cache_name() == f"qwen2-v{TINY_VERSION}-layers4"
 
 
 def test_cache_root_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -75,7 +75,9 @@ def test_build_is_deterministic_and_loads_as_a_normal_hf_folder(arch: str, tmp_p
     tokenizer = AutoTokenizer.from_pretrained(first)
     assert model_a.config.vocab_size == len(tokenizer)
     # A different seed is a different model.
-    other = AutoModelForCausalLM.from_pretrained(tiny_model_path(f"tiny://{arch}?seed=1", root=tmp_path / "a"))
+    other = AutoModelForCausalLM.from_pretrained(
+        tiny_model_path(f"tiny://{arch}?seed=1", root=tmp_path / "a")
+    )
     assert weights_sha256(other) != weights_sha256(model_a)
 
 
@@ -85,11 +87,13 @@ def test_build_is_cached_and_leaves_no_staging_folders(tmp_path: Path) -> None:
     mtime = marker.stat().st_mtime_ns
     assert tiny_model_path("tiny://llama", root=tmp_path) == path
     assert marker.stat().st_mtime_ns == mtime
-    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == ["llama-v1"]
+    assert sorted(p.name for p in (tmp_path / "tiny").iterdir()) == [f"llama-v{TINY_VERSION}"]
 
 
 def test_overrides_shape_the_model(tmp_path: Path) -> None:
-    path = tiny_model_path("tiny://llama?layers=3&hidden=96&heads=6&kv_heads=3&intermediate=160", root=tmp_path)
+    path = tiny_model_path(
+        "tiny://llama?layers=3&hidden=96&heads=6&kv_heads=3&intermediate=160", root=tmp_path
+    )
     config = AutoModelForCausalLM.from_pretrained(path).config
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (3, 96, 6)
     assert (config.num_key_value_heads, config.intermediate_size) == (3, 160)
@@ -107,7 +111,9 @@ def test_tokenizer_has_special_tokens_and_a_chatml_template(tmp_path: Path) -> N
     assert tokenizer.decode(ids) == text
     assert len(ids) < len(text) / 2, "BPE merges should compress ordinary words"
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
-    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    out = tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     assert tokenizer.decode(out["input_ids"]) == (
         f"{IM_START}user\nhi{IM_END}\n{IM_START}assistant\nhello{IM_END}\n"
     )
@@ -129,3 +135,12 @@ def test_tiny_model_generates_and_round_trips_save_pretrained(tmp_path: Path) ->
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "copy")
     assert weights_sha256(reloaded) == weights_sha256(model)
     assert torch.equal(reloaded(**ids).logits, model(**ids).logits)
+
+
+def test_benchmark_size_variant_reaches_its_vocabulary(tmp_path: Path) -> None:
+    uri = "tiny://qwen2?layers=4&hidden=256&intermediate=688&heads=4&kv_heads=2&vocab=4096"
+    path = tiny_model_path(uri, root=tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert len(tokenizer) == model.config.vocab_size == 4096
+    assert 4_000_000 < sum(p.numel() for p in model.parameters()) < 6_000_000

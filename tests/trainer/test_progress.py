@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,8 @@ from finetune_trainer.progress import (
     metrics_port,
     start_metrics_server,
 )
-from finetune_trainer.storage import ObjectStore, S3Settings, open_store, read_json
+from finetune_trainer.progress.writer import LatestObjectWriter
+from finetune_trainer.storage import LocalStore, ObjectStore, S3Settings, StorageURI, open_store, read_json
 from tests.fixtures.prometheus import Prometheus
 from tests.fixtures.s3 import S3Server
 
@@ -91,9 +93,17 @@ def test_metrics_port_from_env() -> None:
 
 
 def test_record_is_the_status_progress_plus_phase() -> None:
-    record = ProgressRecord(step=3, total_steps=10, learning_rate=1e-4, phase="Running", last_checkpoint="s3://b/c")
+    record = ProgressRecord(
+        step=3, total_steps=10, learning_rate=1e-4, phase="Running", last_checkpoint="s3://b/c"
+    )
     wire = json.loads(record.to_json())
-    assert wire == {"step": 3, "totalSteps": 10, "learningRate": 1e-4, "phase": "Running", "lastCheckpoint": "s3://b/c"}
+    assert wire == {
+        "step": 3,
+        "totalSteps": 10,
+        "learningRate": 1e-4,
+        "phase": "Running",
+        "lastCheckpoint": "s3://b/c",
+    }
     assert record.progress() == TrainingProgress(step=3, total_steps=10, learning_rate=1e-4)
     assert ProgressRecord.model_validate_json(record.to_json()) == record
 
@@ -110,7 +120,9 @@ def _free_port() -> int:
 def _feed(reporter: ProgressReporter, clock: FakeClock, steps: range) -> None:
     for step in steps:
         clock.now += 2.0
-        reporter.on_log(step, loss=2.0 / step, learning_rate=1e-4, tokens=step * 1000, samples=step * 4, epoch=step / 10)
+        reporter.on_log(
+            step, loss=2.0 / step, learning_rate=1e-4, tokens=step * 1000, samples=step * 4, epoch=step / 10
+        )
 
 
 def test_exposition_passes_promtool() -> None:
@@ -125,7 +137,9 @@ def test_exposition_passes_promtool() -> None:
     assert "finetune_train_step 5.0" in text
     assert "finetune_train_tokens_total 5000.0" in text
     assert "finetune_train_eta_seconds 190.0" in text  # 95 steps left at 2 s each
-    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -137,7 +151,9 @@ def served_metrics() -> Iterator[tuple[TrainingMetrics, str]]:
     server.close()
 
 
-def test_prometheus_scrapes_the_trainer(prometheus: Prometheus, served_metrics: tuple[TrainingMetrics, str]) -> None:
+def test_prometheus_scrapes_the_trainer(
+    prometheus: Prometheus, served_metrics: tuple[TrainingMetrics, str]
+) -> None:
     metrics, address = served_metrics
     clock = FakeClock()
     reporter = ProgressReporter(total_steps=40, metrics=metrics, clock=clock, show_bar=False)
@@ -157,7 +173,9 @@ def test_prometheus_scrapes_the_trainer(prometheus: Prometheus, served_metrics: 
 
 @pytest.fixture
 def output_store(s3_server: S3Server, s3_bucket: str) -> ObjectStore:
-    settings = S3Settings(s3_server.endpoint_url, s3_server.access_key, s3_server.secret_key, None, s3_server.region)
+    settings = S3Settings(
+        s3_server.endpoint_url, s3_server.access_key, s3_server.secret_key, None, s3_server.region
+    )
     return open_store(f"s3://{s3_bucket}/jobs/demo", settings=settings)
 
 
@@ -170,15 +188,18 @@ def test_progress_json_is_throttled_and_complete(output_store: ObjectStore, tmp_
         wall_clock=lambda: wall, termination_log=term, show_bar=False,
     )  # fmt: skip
     reporter.on_log(1, loss=3.0, learning_rate=2e-4, tokens=1000, samples=4, epoch=0.02)
+    assert reporter.drain(timeout=30)
     assert read_json(output_store, PROGRESS_KEY)["step"] == 1, "the first observation is written at once"
     clock.now += 2.0
     reporter.on_log(2, loss=2.5, learning_rate=2e-4, tokens=2000, samples=8, epoch=0.04)
     clock.now += 2.9
     reporter.on_log(3, loss=2.2, learning_rate=2e-4, tokens=3000, samples=12, epoch=0.06)
+    assert reporter.drain(timeout=30)
     assert read_json(output_store, PROGRESS_KEY)["step"] == 1, "written again before the interval"
     assert reporter.writes == 1
     clock.now += 0.1  # 5.0 s since the first write
     reporter.on_log(4, loss=2.0, learning_rate=1.5e-4, tokens=4000, samples=16, epoch=0.08)
+    assert reporter.drain(timeout=30)
     doc = read_json(output_store, PROGRESS_KEY)
     assert reporter.writes == 2
     assert doc == {
@@ -190,6 +211,7 @@ def test_progress_json_is_throttled_and_complete(output_store: ObjectStore, tmp_
     assert ProgressRecord.model_validate(doc).progress().eta_seconds == 77
 
     reporter.on_checkpoint(f"{output_store.uri}/checkpoint-4")  # written at once, throttle or not
+    assert reporter.drain(timeout=30)
     assert read_json(output_store, PROGRESS_KEY)["lastCheckpoint"].endswith("/jobs/demo/checkpoint-4")
     assert not term.exists(), "the termination log is only written at the end"
 
@@ -198,10 +220,14 @@ def test_progress_json_is_throttled_and_complete(output_store: ObjectStore, tmp_
     assert doc["phase"] == "Succeeded" and doc["percent"] == 100.0 and doc["etaSeconds"] == 0
     assert doc["message"] == "trained 4 steps"
     assert json.loads(term.read_text()) == json.loads(final.to_json()) == doc
+    reporter.on_checkpoint("s3://late/notice")  # after the end: no error, the final record stands
+    assert read_json(output_store, PROGRESS_KEY) == doc
 
 
 def test_storage_faults_do_not_stop_training(s3_server: S3Server, tmp_path: Path) -> None:
-    settings = S3Settings(s3_server.endpoint_url, s3_server.access_key, s3_server.secret_key, None, s3_server.region)
+    settings = S3Settings(
+        s3_server.endpoint_url, s3_server.access_key, s3_server.secret_key, None, s3_server.region
+    )
     missing = open_store("s3://bucket-that-does-not-exist/x", settings=settings)
     clock = FakeClock()
     reporter = ProgressReporter(
@@ -209,6 +235,56 @@ def test_storage_faults_do_not_stop_training(s3_server: S3Server, tmp_path: Path
         show_bar=False,
     )  # fmt: skip
     record = reporter.on_log(1, loss=1.0, tokens=10)
+    assert reporter.drain(timeout=30)
     assert record.step == 1 and reporter.writes == 0
     failed = reporter.finish("Failed", "x" * 5000)
     assert failed.phase == "Failed" and failed.message is not None and len(failed.message) == 1024
+
+
+class GatedStore(LocalStore):
+    """A real local store whose writes wait for a gate, as a slow network would."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(StorageURI("file", "", str(root)))
+        self.gate = threading.Event()
+        self.started = threading.Event()
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
+        self.started.set()
+        assert self.gate.wait(timeout=60)
+        super().put_bytes(key, data, content_type=content_type)
+
+
+def test_slow_storage_never_blocks_and_the_newest_record_wins(tmp_path: Path) -> None:
+    store = GatedStore(tmp_path)
+    writer = LatestObjectWriter(store, "progress.json")
+    writer.put(b"v1")
+    assert store.started.wait(timeout=30)  # v1 is being written, held at the gate
+    writer.put(b"v2")  # returns at once although storage is stuck
+    writer.put(b"v3")  # replaces v2, which is never written
+    assert not writer.drain(timeout=0)
+    store.gate.set()
+    assert writer.drain(timeout=30)
+    assert (tmp_path / "progress.json").read_bytes() == b"v3"
+    assert writer.writes == 2
+    writer.close(timeout=30)
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.put(b"v4")
+
+
+def test_default_termination_log_is_written_only_where_the_kubelet_made_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_trainer.progress import reporter as reporter_module
+
+    default = tmp_path / "termination-log"
+    monkeypatch.setattr(reporter_module, "DEFAULT_TERMINATION_LOG", str(default))
+    monkeypatch.delenv("FINETUNE_TERMINATION_LOG", raising=False)
+    ProgressReporter(show_bar=False).finish("Succeeded")
+    assert not default.exists(), "outside Kubernetes the default path must not be created"
+    default.write_text("")  # what the kubelet does in a container
+    ProgressReporter(show_bar=False).finish("Failed", "boom")
+    assert json.loads(default.read_text())["message"] == "boom"
+    monkeypatch.setenv("FINETUNE_TERMINATION_LOG", str(tmp_path / "explicit"))
+    ProgressReporter(show_bar=False).finish("Succeeded")
+    assert json.loads((tmp_path / "explicit").read_text())["phase"] == "Succeeded"

@@ -79,7 +79,7 @@ def test_parse_relative_path_is_made_absolute(tmp_path: Path, monkeypatch: pytes
     ],
 )
 def test_parse_uri_errors_name_the_field(uri: str, needle: str) -> None:
-    with pytest.raises(ValueError, match="output.uri") as info:
+    with pytest.raises(ValueError, match=r"output\.uri") as info:
         parse_uri(uri, field="output.uri")
     assert needle in str(info.value)
 
@@ -234,7 +234,7 @@ def test_manifest_is_written_last_and_an_old_one_removed_first(
     # A re-upload that fails half-way must not leave the old manifest vouching for new files.
     (src / "new.bin").write_bytes(b"x")
     recording = RecordingS3Store(base, fail_on="new.bin")
-    with pytest.raises(OSError, match="new.bin"):
+    with pytest.raises(OSError, match=r"new\.bin"):
         upload_with_manifest(src, recording)
     assert not base.exists(MANIFEST_NAME)
     recording = RecordingS3Store(base)
@@ -287,18 +287,25 @@ def test_download_refuses_a_mismatching_file(store: ObjectStore, tmp_path: Path)
     _checkpoint(store, tmp_path, 7)
     ckpt = store.child("checkpoint-7")
     ckpt.put_bytes("trainer_state.json", b'{"step": 8}')
-    with pytest.raises(IncompleteArtifactError, match="sha256 of trainer_state.json"):
+    with pytest.raises(IncompleteArtifactError, match=r"sha256 of trainer_state\.json"):
         download_with_manifest(ckpt, tmp_path / "dest")
     assert not (tmp_path / "dest" / "trainer_state.json").exists()
 
 
-def test_prune_keeps_the_newest_complete_and_leaves_newer_uploads_alone(store: ObjectStore, tmp_path: Path) -> None:
+def test_prune_keeps_the_newest_complete_and_leaves_newer_uploads_alone(
+    store: ObjectStore, tmp_path: Path
+) -> None:
     for step in (1, 2, 3, 4, 5, 6):
         _checkpoint(store, tmp_path, step)
     store.child("checkpoint-4").delete(MANIFEST_NAME)  # an abandoned upload among the kept ones
     _checkpoint(store, tmp_path, 7)
     store.child("checkpoint-7").delete(MANIFEST_NAME)  # still uploading
-    assert prune_checkpoints(store, keep=2) == ["checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4"]
+    assert prune_checkpoints(store, keep=2) == [
+        "checkpoint-1",
+        "checkpoint-2",
+        "checkpoint-3",
+        "checkpoint-4",
+    ]
     assert [r.name for r in list_checkpoints(store)] == ["checkpoint-5", "checkpoint-6", "checkpoint-7"]
     assert store.list_files("checkpoint-7")  # the in-flight upload's files are untouched
     with pytest.raises(ValueError, match="at least 1"):
@@ -364,9 +371,7 @@ def test_background_uploader_does_not_block_and_prunes(store: ObjectStore, tmp_p
     assert latest is not None and latest.step == 30
 
 
-def test_background_uploader_surfaces_the_first_error(
-    s3_server: S3Server, tmp_path: Path
-) -> None:
+def test_background_uploader_surfaces_the_first_error(s3_server: S3Server, tmp_path: Path) -> None:
     missing_bucket = open_store("s3://no-such-bucket-for-this-test/x", settings=_settings(s3_server))
     src = tmp_path / "checkpoint-1"
     _make_artifact(src)

@@ -86,7 +86,9 @@ class Owner:
             OWNER_NAME: label_value(self.name),
         }
 
-    def metadata(self, name: str, component: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    def metadata(
+        self, name: str, component: str, extra_labels: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """ObjectMeta of a child called ``name``."""
         return {
             "name": name,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 import yaml
+
 from finetune_api.common import ResourcesSpec
 from finetune_api.resources import Dataset, Export, FineTuneJob
 
@@ -27,7 +28,9 @@ def validation_name(ds: Dataset) -> str:
     return child_name(ds.metadata.name, f"validate-g{ds.metadata.generation or 1}")
 
 
-def _config_map(name: str, owner: Owner, component: str, key: str, docs: list[dict[str, Any]]) -> dict[str, Any]:
+def _config_map(
+    name: str, owner: Owner, component: str, key: str, docs: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -54,7 +57,9 @@ def build_validation(ds: Dataset, owner: Owner, settings: Settings) -> tuple[dic
     parts.env += plain_env({"AWS_ENDPOINT_URL_S3": ds.spec.endpoint})
     source_credentials(parts, ds.spec.credentials_secret, "dataset")
     if ds.spec.credentials_secret and ds.spec.source.startswith("s3://"):
-        parts.env += plain_env({"FINETUNE_S3_CREDENTIALS_DIR": parts.add_secret_dir(ds.spec.credentials_secret, "dataset")})
+        parts.env += plain_env(
+            {"FINETUNE_S3_CREDENTIALS_DIR": parts.add_secret_dir(ds.spec.credentials_secret, "dataset")}
+        )
     parts.add_pvc(ds.spec.source)
     work = Workload(
         image=settings.trainer_image,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 import yaml
+
 from finetune_api.resources import Dataset, FineTuneJob
 
 from ..settings import Settings
@@ -82,7 +83,9 @@ def trainer_command(job: FineTuneJob) -> list[str]:
 def _pod_parts(job: FineTuneJob, datasets: list[Dataset]) -> PodParts:
     spec = job.spec
     parts = PodParts()
-    parts.env += plain_env({"FINETUNE_JOB_NAME": job.metadata.name, "FINETUNE_NAMESPACE": job.metadata.namespace})
+    parts.env += plain_env(
+        {"FINETUNE_JOB_NAME": job.metadata.name, "FINETUNE_NAMESPACE": job.metadata.namespace}
+    )
     if spec.output:
         output_parts(parts, spec.output)
     source_credentials(parts, spec.model.credentials_secret, "model")
@@ -132,7 +135,9 @@ def build_trainer_job(
         "parallelism": nodes,
         "suspend": spec.suspend or bool(spec.queue_name),
         # Preempted or evicted pods do not use up the retries: the next pod resumes from a checkpoint.
-        "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
+        "podFailurePolicy": {
+            "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+        },
         "template": template,
     }
     if spec.active_deadline_seconds:

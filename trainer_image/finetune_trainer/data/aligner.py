@@ -135,7 +135,9 @@ def _split_answers(
     ends_on_answer = bool(conv) and conv[-1]["role"] in ASSISTANT_SIDE
     if shape is Shape.PAIRWISE:
         if ends_on_answer:
-            raise RowError(field, "expected the conversation to end with a user message (answers are in chosen/rejected)")
+            raise RowError(
+                field, "expected the conversation to end with a user message (answers are in chosen/rejected)"
+            )
         return conv, [_one_answer(row, cols.chosen, tags), _one_answer(row, cols.rejected, tags)]
     if shape is Shape.PROMPT:
         return (conv[:-1], conv[-1:]) if ends_on_answer else (conv, [])
@@ -152,7 +154,9 @@ def align_alpaca(row: Mapping[str, Any], cols: ColumnNames, tags: RoleTags, shap
         if not isinstance(history, list):
             raise RowError(cols.history or "?", "expected a list of [prompt, response] pairs")
         for turn in history:
-            if not (isinstance(turn, list | tuple) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
+            if not (
+                isinstance(turn, list | tuple) and len(turn) == 2 and all(isinstance(t, str) for t in turn)
+            ):
                 raise RowError(cols.history or "?", "expected a list of [prompt, response] pairs")
             prompt += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
     instruction = _text(row, cols.prompt, required=True)
@@ -191,11 +195,18 @@ def align_messages(row: Mapping[str, Any], cols: ColumnNames, tags: RoleTags, sh
             raise RowError(where, "expected a message object")
         role = roles.get(message.get(tags.role_tag))  # type: ignore[arg-type]
         if role is None:
-            raise RowError(f"{where}.{tags.role_tag}", f"unknown role {message.get(tags.role_tag)!r} (expected one of {sorted(roles)})")
+            raise RowError(
+                f"{where}.{tags.role_tag}",
+                f"unknown role {message.get(tags.role_tag)!r} (expected one of {sorted(roles)})",
+            )
         side = USER_SIDE if i % 2 == 0 else ASSISTANT_SIDE
         if role not in side:
-            raise RowError(where, f"expected a {'user' if i % 2 == 0 else 'assistant'}-side message, got {role}")
-        conv.append({"role": role, "content": _content(message.get(tags.content_tag), f"{where}.{tags.content_tag}")})
+            raise RowError(
+                where, f"expected a {'user' if i % 2 == 0 else 'assistant'}-side message, got {role}"
+            )
+        conv.append(
+            {"role": role, "content": _content(message.get(tags.content_tag), f"{where}.{tags.content_tag}")}
+        )
     prompt, response = _split_answers(conv, row, cols, tags, shape, field)
     return Aligned(prompt, response, system, _tools(row, cols.tools))
 
@@ -235,7 +246,9 @@ def check_columns(cfg: DatasetConfig, shape: Shape, present: list[str] | None) -
     if shape is Shape.PAIRWISE and not (cfg.ranking and cols.chosen and cols.rejected):
         raise ValueError(f"dataset {cfg.label!r}: a pairwise stage needs preference pairs (ranking: true)")
     if shape is Shape.KTO and not cols.kto_tag:
-        raise ValueError(f"dataset {cfg.label!r}: stage kto needs columns.ktoTag (the desirable/undesirable flag)")
+        raise ValueError(
+            f"dataset {cfg.label!r}: stage kto needs columns.ktoTag (the desirable/undesirable flag)"
+        )
     if present is None or RAW_COLUMN in present:
         return
     required = [cols.messages] if cfg.format in ("sharegpt", "openai") else [cols.prompt]
@@ -250,7 +263,9 @@ def check_columns(cfg: DatasetConfig, shape: Shape, present: list[str] | None) -
         raise ValueError(f"dataset {cfg.label!r}: column(s) {missing} not found; the data has {present}")
 
 
-def make_batch_aligner(cfg: DatasetConfig, shape: Shape) -> Callable[[dict[str, list[Any]], list[int]], dict[str, list[Any]]]:
+def make_batch_aligner(
+    cfg: DatasetConfig, shape: Shape
+) -> Callable[[dict[str, list[Any]], list[int]], dict[str, list[Any]]]:
     """A ``datasets.map(batched=True, with_indices=True)`` function producing the standard columns."""
     cols, tags = cfg.resolved_columns(), cfg.resolved_tags()
     align = ALIGNERS[cfg.format]
@@ -267,7 +282,13 @@ def make_batch_aligner(cfg: DatasetConfig, shape: Shape) -> Callable[[dict[str, 
                 if shape is Shape.TEXT and cfg.format != "text":
                     aligned = _as_text(aligned)
                 if shape is Shape.KTO:
-                    aligned = Aligned(aligned.prompt, aligned.response, aligned.system, aligned.tools, _kto_tag(row, cols.kto_tag))
+                    aligned = Aligned(
+                        aligned.prompt,
+                        aligned.response,
+                        aligned.system,
+                        aligned.tools,
+                        _kto_tag(row, cols.kto_tag),
+                    )
                 error = ""
             except RowError as exc:
                 aligned, error = Aligned([], []), f"row {index}: {exc}"

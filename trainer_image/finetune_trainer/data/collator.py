@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Literal
 
 import torch
@@ -61,9 +62,13 @@ class PaddingCollator:
 
     def __call__(self, features: Features) -> dict[str, torch.Tensor]:
         ids = [f["input_ids"] for f in features]
-        labels = [f.get("labels", f["input_ids"]) for f in features]
+        labels = [f["labels"] if "labels" in f else f["input_ids"] for f in features]
         return pad_batch(
-            ids, labels, pad_token_id=self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of, side=self.padding_side
+            ids,
+            labels,
+            pad_token_id=self.pad_token_id,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            side=self.padding_side,
         )
 
 
@@ -86,25 +91,40 @@ def block_causal_mask(position_ids: torch.Tensor, dtype: torch.dtype = torch.boo
 
 @dataclass
 class PackedCollator:
-    """Packed rows: ``input_ids``, ``labels``, ``position_ids`` and NO ``attention_mask``.
+    """Packed rows: ``input_ids``, ``labels``, ``position_ids``, NO ``attention_mask``, and ``use_cache=False``.
 
+    transformers 5.x derives the block-diagonal mask (sdpa/eager) from restarting position ids only
+    when there is no attention mask AND no KV cache; models default to ``use_cache=True`` (from
+    their config), which silently disables the detection, hence the explicit ``use_cache=False``.
     Rows shorter than the longest are padded with a separate dummy sample (position ids from 0,
-    labels ignored), so padding never joins a real sample. Without an attention mask transformers
-    derives the block-diagonal mask (sdpa/eager) or ``cu_seqlens`` (flash-attention) from the
-    position ids. ``mask_dtype`` adds an explicit 4D mask for models that do not.
+    labels ignored), so padding never joins a real sample.
+    ``flatten`` concatenates the whole batch into one row: flash-attention finds sample boundaries
+    from position ids only at batch size 1. ``mask_dtype`` adds an explicit 4D mask for models
+    that do not read position ids this way (bool for sdpa, a float dtype for eager).
     """
 
     pad_token_id: int
     pad_to_multiple_of: int = 8
     mask_dtype: torch.dtype | None = None
+    flatten: bool = False
 
-    def __call__(self, features: Features) -> dict[str, torch.Tensor]:
+    def __call__(self, features: Features) -> dict[str, Any]:
+        if self.flatten:
+            features = [
+                {
+                    key: list(chain.from_iterable(f[key] for f in features))
+                    for key in ("input_ids", "labels", "position_ids")
+                }
+            ]
         length = _padded_length(max(len(f["input_ids"]) for f in features), self.pad_to_multiple_of)
         positions = [list(f["position_ids"]) + list(range(length - len(f["position_ids"]))) for f in features]
-        batch = {
+        batch: dict[str, Any] = {
             "input_ids": pad_sequences([f["input_ids"] for f in features], self.pad_token_id, length),
-            "labels": pad_sequences([f.get("labels", f["input_ids"]) for f in features], IGNORE_INDEX, length),
+            "labels": pad_sequences(
+                [f["labels"] if "labels" in f else f["input_ids"] for f in features], IGNORE_INDEX, length
+            ),
             "position_ids": torch.as_tensor(positions, dtype=torch.long),
+            "use_cache": False,
         }
         if self.mask_dtype is not None:
             batch["attention_mask"] = block_causal_mask(batch["position_ids"], self.mask_dtype)
@@ -121,7 +141,9 @@ class PairwiseCollator:
     def __call__(self, features: Features) -> dict[str, torch.Tensor]:
         ids = [f["chosen_input_ids"] for f in features] + [f["rejected_input_ids"] for f in features]
         labels = [f["chosen_labels"] for f in features] + [f["rejected_labels"] for f in features]
-        return pad_batch(ids, labels, pad_token_id=self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)
+        return pad_batch(
+            ids, labels, pad_token_id=self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of
+        )
 
 
 @dataclass

@@ -11,7 +11,9 @@ import os
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeAlias
+
+from datasets import Dataset, IterableDataset
 
 from finetune_api.finetunejob import MixStrategy
 from finetune_api.method import Stage
@@ -20,6 +22,7 @@ FileType = Literal["auto", "json", "jsonl", "csv", "parquet", "arrow", "txt"]
 DataFormat = Literal["alpaca", "sharegpt", "openai", "text"]
 
 IGNORE_INDEX = -100
+AnyDataset: TypeAlias = Dataset | IterableDataset
 
 
 class Shape(StrEnum):

@@ -8,7 +8,15 @@ from finetune_api.dataset import DatasetSpec
 from finetune_api.finetunejob import FineTuneJobSpec, MixStrategy, TrainingSpec
 from finetune_api.method import Stage
 
-from .config import ColumnNames, DatasetConfig, ProcessingConfig, RoleTags, default_cache_dir, default_columns, merge_columns
+from .config import (
+    ColumnNames,
+    DatasetConfig,
+    ProcessingConfig,
+    RoleTags,
+    default_cache_dir,
+    default_columns,
+    merge_columns,
+)
 
 DEFAULT_RESPONSE_RESERVE = 0.25
 
@@ -20,17 +28,17 @@ def dataset_config(spec: DatasetSpec, *, name: str = "", weight: float = 1.0) ->
         given = spec.columns.model_dump(exclude={"text"})
         if spec.columns.text:  # the text format's column is the "prompt" slot inside the worker
             given["prompt"] = spec.columns.text
-        columns = merge_columns(default_columns(spec.format.value, ranking=spec.ranking), given)  # type: ignore[arg-type]
+        columns = merge_columns(default_columns(spec.format.value, ranking=spec.ranking), given)
     tags: RoleTags | None = None
     if spec.tags is not None:
-        base = DatasetConfig(source="", format=spec.format.value).resolved_tags()  # type: ignore[arg-type]
+        base = DatasetConfig(source="", format=spec.format.value).resolved_tags()
         overrides = {k: v for k, v in spec.tags.model_dump().items() if v}
         tags = RoleTags(**{**base.__dict__, **overrides})
     return DatasetConfig(
         source=spec.source,
         name=name,
         file_type=spec.file_type,
-        format=spec.format.value,  # type: ignore[arg-type]
+        format=spec.format.value,
         ranking=spec.ranking,
         columns=columns,
         tags=tags,

@@ -17,11 +17,18 @@ from datasets import Dataset, Features, IterableDataset, Value, load_dataset
 from datasets.exceptions import DatasetGenerationError
 
 from .aligner import ALIGNED_FEATURES, RAW_COLUMN, check_columns, make_batch_aligner
-from .config import DatasetConfig, Shape, resolve_num_proc
+from .config import AnyDataset, DatasetConfig, Shape, resolve_num_proc
+from .processor import ids_to_arrow
 from .sources import ResolvedSource, resolve_source
 
-AnyDataset = Dataset | IterableDataset
-FILE_TYPE_BUILDER = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet", "arrow": "arrow", "txt": "text"}
+FILE_TYPE_BUILDER = {
+    "json": "json",
+    "jsonl": "json",
+    "csv": "csv",
+    "parquet": "parquet",
+    "arrow": "arrow",
+    "txt": "text",
+}
 SUFFIX_BUILDER = {
     ".jsonl": "json",
     ".json": "json",
@@ -85,7 +92,9 @@ def _load_raw_json(files: tuple[Path, ...], *, streaming: bool, cache_dir: Path)
     features = Features({RAW_COLUMN: Value("string")})
     if streaming:
         return IterableDataset.from_generator(_raw_json_rows, features=features, gen_kwargs=kwargs)
-    return Dataset.from_generator(_raw_json_rows, features=features, gen_kwargs=kwargs, cache_dir=str(cache_dir))
+    return Dataset.from_generator(
+        _raw_json_rows, features=features, gen_kwargs=kwargs, cache_dir=str(cache_dir)
+    )
 
 
 def load_rows(cfg: DatasetConfig, *, cache_dir: Path, streaming: bool = False) -> AnyDataset:
@@ -97,7 +106,9 @@ def load_rows(cfg: DatasetConfig, *, cache_dir: Path, streaming: bool = False) -
     resolved: ResolvedSource = resolve_source(cfg.source, cache_dir=cache_dir, s3_endpoint=cfg.s3_endpoint)
     hf_cache = str(cache_dir / "hf")
     if resolved.hub_name:
-        ds = load_dataset(resolved.hub_name, name=cfg.subset, split=cfg.split, streaming=streaming, cache_dir=hf_cache)
+        ds = load_dataset(
+            resolved.hub_name, name=cfg.subset, split=cfg.split, streaming=streaming, cache_dir=hf_cache
+        )
     else:
         builder = file_builder(resolved.files, cfg.file_type)
         files = [str(p) for p in resolved.files]
@@ -106,10 +117,18 @@ def load_rows(cfg: DatasetConfig, *, cache_dir: Path, streaming: bool = False) -
             ds = _load_raw_json(resolved.files, streaming=True, cache_dir=Path(hf_cache))
         else:
             try:
-                ds = load_dataset(builder, data_files=files, split=_file_split(cfg.split), streaming=streaming, cache_dir=hf_cache)
+                ds = load_dataset(
+                    builder,
+                    data_files=files,
+                    split=_file_split(cfg.split),
+                    streaming=streaming,
+                    cache_dir=hf_cache,
+                )
             except (DatasetGenerationError, pa.ArrowException, ValueError) as exc:
                 if builder != "json":
-                    raise ValueError(f"dataset {cfg.label!r}: cannot read {cfg.source}: {exc.__cause__ or exc}") from exc
+                    raise ValueError(
+                        f"dataset {cfg.label!r}: cannot read {cfg.source}: {exc.__cause__ or exc}"
+                    ) from exc
                 # pyarrow needs one schema for the whole file; rows that disagree are reported one by one instead.
                 ds = _load_raw_json(resolved.files, streaming=False, cache_dir=Path(hf_cache))
     if cfg.max_samples is not None:
@@ -140,10 +159,14 @@ class AlignThenEncode:
 
     align: Callable[[dict[str, list[Any]], list[int]], dict[str, list[Any]]]
     encode: Callable[[dict[str, list[Any]]], dict[str, list[Any]]]
+    arrow: bool = True
+    """Return an Arrow table (fast to write; ``Dataset.map`` only, streams want dicts)."""
 
-    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> pa.Table | dict[str, list[Any]]:
         aligned = self.align(batch, indices)
-        return {**self.encode(aligned), "_error": aligned["_error"]}
+        if not self.arrow:
+            return {**self.encode(aligned), "_error": aligned["_error"]}
+        return pa.table({**ids_to_arrow(self.encode(aligned)), "_error": aligned["_error"]})
 
 
 def align_rows(
@@ -166,7 +189,10 @@ def align_rows(
     fn: Any = make_batch_aligner(cfg, shape)
     features = ALIGNED_FEATURES
     if encoder is not None and encoded_features is not None:
-        fn, features = AlignThenEncode(fn, encoder), encoded_features
+        fn, features = (
+            AlignThenEncode(fn, encoder, arrow=not isinstance(ds, IterableDataset)),
+            encoded_features,
+        )
     if isinstance(ds, IterableDataset):
         return _align_stream(ds, cfg, fn, features)
     procs = resolve_num_proc(num_proc, len(ds))
@@ -183,7 +209,11 @@ def align_rows(
     column = aligned.with_format("arrow")["_error"]
     bad = pc.not_equal(column, "").to_numpy(zero_copy_only=False)
     num_errors = int(bad.sum())
-    errors = pc.filter(column, pc.not_equal(column, "")).slice(0, MAX_REPORTED_ERRORS).to_pylist() if num_errors else []
+    errors = (
+        pc.filter(column, pc.not_equal(column, "")).slice(0, MAX_REPORTED_ERRORS).to_pylist()
+        if num_errors
+        else []
+    )
     if len(aligned) and num_errors == len(aligned):
         raise _all_malformed(cfg, errors, num_errors)
     if len(aligned) == 0:

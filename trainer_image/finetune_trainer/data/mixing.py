@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from datasets import Dataset, IterableDataset, concatenate_datasets, interleave_datasets
+from datasets import IterableDataset, concatenate_datasets, interleave_datasets
 
-from .config import MixStrategy
-
-AnyDataset = Dataset | IterableDataset
+from .config import AnyDataset, MixStrategy
 
 
 def mix_datasets(
@@ -27,12 +25,12 @@ def mix_datasets(
     if len(datasets) == 1:
         return datasets[0]
     if strategy is MixStrategy.CONCAT:
-        return concatenate_datasets(list(datasets))  # type: ignore[type-var]
+        return concatenate_datasets(list(datasets))
     if len(weights) != len(datasets) or any(w <= 0 for w in weights):
         raise ValueError("datasets[].weight: each weight must be positive")
     total = float(sum(weights))
     return interleave_datasets(
-        list(datasets),  # type: ignore[type-var]
+        list(datasets),
         probabilities=[w / total for w in weights],
         seed=seed,
         stopping_strategy="first_exhausted" if strategy is MixStrategy.INTERLEAVE_UNDER else "all_exhausted",
@@ -54,6 +52,8 @@ def split_validation(ds: AnyDataset, *, val_size: float, seed: int) -> tuple[Any
         return ds.skip(count), ds.take(count)
     test_size: float | int = val_size if val_size < 1 else int(val_size)
     if isinstance(test_size, int) and test_size >= len(ds):
-        raise ValueError(f"training.valSize: {test_size} rows leaves nothing to train on (the data has {len(ds)})")
+        raise ValueError(
+            f"training.valSize: {test_size} rows leaves nothing to train on (the data has {len(ds)})"
+        )
     parts = ds.train_test_split(test_size=test_size, seed=seed, shuffle=True)
     return parts["train"], parts["test"]

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from datasets import Dataset, DatasetDict, Features, IterableDataset, List, Value
 
 from .cache import fingerprint, load_cached, save_cached, tokenizer_fingerprint
 from .collator import KtoCollator, PackedCollator, PaddingCollator, PairwiseCollator
-from .config import DatasetConfig, ProcessingConfig, Shape, resolve_num_proc
+from .config import AnyDataset, DatasetConfig, ProcessingConfig, Shape, resolve_num_proc
 from .loader import AlignmentResult, align_rows, load_rows
 from .mixing import mix_datasets, split_validation
-from .packing import PACK_BATCH_SIZE, chunk_text, pack_rows
+from .packing import PACK_BATCH_SIZE, chunk_table, pack_table
 from .processor import Encoder, encoded_features
 from .sources import hash_files, resolve_source
 from .template import ChatTemplate, get_template
 
-AnyDataset = Dataset | IterableDataset
 _IDS = List(Value("int32"))
 PACKED_FEATURES = Features({"input_ids": _IDS, "labels": _IDS, "position_ids": _IDS})
 STREAM_SHUFFLE_BUFFER = 10_000
@@ -79,14 +78,22 @@ def group_rows(ds: AnyDataset, processing: ProcessingConfig) -> AnyDataset:
     shape = processing.shape
     if not processing.packing and shape is not Shape.TEXT:
         return ds
-    fn = pack_rows if processing.packing else chunk_text
-    kwargs: dict[str, Any] = {"batched": True, "batch_size": PACK_BATCH_SIZE, "remove_columns": ds.column_names}
+    fn = pack_table if processing.packing else chunk_table
+    kwargs: dict[str, Any] = {
+        "batched": True,
+        "batch_size": PACK_BATCH_SIZE,
+        "remove_columns": ds.column_names,
+    }
     kwargs["fn_kwargs"] = {"cutoff_len": processing.cutoff_len}
     kwargs["features"] = PACKED_FEATURES if processing.packing else Features({"input_ids": _IDS})
     if isinstance(ds, Dataset):
         procs = resolve_num_proc(processing.num_proc, len(ds))
-        kwargs |= {"num_proc": procs if procs > 1 else None, "desc": "packing" if processing.packing else "chunking"}
-    return ds.map(fn, **kwargs)
+        kwargs |= {
+            "num_proc": procs if procs > 1 else None,
+            "desc": "packing" if processing.packing else "chunking",
+        }
+    # Arrow batches in and out: packing is index arithmetic on the flat token arrays.
+    return ds.with_format("arrow").map(fn, **kwargs).with_format(None)
 
 
 def _encode_all(
@@ -110,7 +117,9 @@ def _encode_all(
     return parts, summaries
 
 
-def prepare_dataset(datasets: Sequence[DatasetConfig], processing: ProcessingConfig, tokenizer: Any) -> PreparedData:
+def prepare_dataset(
+    datasets: Sequence[DatasetConfig], processing: ProcessingConfig, tokenizer: Any
+) -> PreparedData:
     """Load, validate, tokenise, mix, split and pack ``datasets`` for ``processing.stage``.
 
     Cached by fingerprint in ``processing.cache_dir`` (not when streaming): a second call with the
@@ -125,15 +134,22 @@ def prepare_dataset(datasets: Sequence[DatasetConfig], processing: ProcessingCon
     encoder = Encoder(tokenizer, template, processing)
     if processing.streaming:
         return _prepare_stream(datasets, processing, encoder, template)
-    key = fingerprint([(cfg, _data_hash(cfg, processing)) for cfg in datasets], processing, tokenizer_fingerprint(tokenizer))
+    key = fingerprint(
+        [(cfg, _data_hash(cfg, processing)) for cfg in datasets], processing, tokenizer_fingerprint(tokenizer)
+    )
     cached = load_cached(processing.cache_dir, key)
     if cached is not None:
         splits, summary = cached
         summaries = [DatasetSummary(**s) for s in summary["datasets"]]
-        return PreparedData(splits["train"], splits.get("eval"), template, summaries, cache_hit=True, fingerprint=key)
+        return PreparedData(
+            splits["train"], splits.get("eval"), template, summaries, cache_hit=True, fingerprint=key
+        )
     parts, summaries = _encode_all(datasets, processing, encoder, key)
     mixed = mix_datasets(
-        parts, weights=[cfg.weight for cfg in datasets], strategy=processing.mix_strategy, seed=processing.seed
+        parts,
+        weights=[cfg.weight for cfg in datasets],
+        strategy=processing.mix_strategy,
+        seed=processing.seed,
     )
     train, val = split_validation(mixed, val_size=processing.val_size, seed=processing.seed)
     splits = DatasetDict({"train": group_rows(train, processing)})
@@ -148,13 +164,19 @@ def _prepare_stream(
 ) -> PreparedData:
     parts, summaries = _encode_all(datasets, processing, encoder, None)
     mixed = mix_datasets(
-        parts, weights=[cfg.weight for cfg in datasets], strategy=processing.mix_strategy, seed=processing.seed
+        parts,
+        weights=[cfg.weight for cfg in datasets],
+        strategy=processing.mix_strategy,
+        seed=processing.seed,
     )
     train, val = split_validation(mixed, val_size=processing.val_size, seed=processing.seed)
     assert isinstance(train, IterableDataset)
     train = train.shuffle(seed=processing.seed, buffer_size=STREAM_SHUFFLE_BUFFER)
     return PreparedData(
-        group_rows(train, processing), group_rows(val, processing) if val is not None else None, template, summaries
+        group_rows(train, processing),
+        group_rows(val, processing) if val is not None else None,
+        template,
+        summaries,
     )
 
 
@@ -168,9 +190,17 @@ def pad_token_id(tokenizer: Any) -> int:
 
 
 def make_collator(
-    processing: ProcessingConfig, tokenizer: Any, *, pad_to_multiple_of: int = 8
+    processing: ProcessingConfig,
+    tokenizer: Any,
+    *,
+    attn_implementation: str = "sdpa",
+    pad_to_multiple_of: int = 8,
 ) -> PaddingCollator | PackedCollator | PairwiseCollator | KtoCollator:
-    """The collator for the rows :func:`prepare_dataset` produced with the same ``processing``."""
+    """The collator for the rows :func:`prepare_dataset` produced with the same ``processing``.
+
+    ``attn_implementation`` is the model's (``model.config._attn_implementation``): packed batches
+    are flattened into one row for flash-attention, which needs batch size 1 to see sample bounds.
+    """
     pad = pad_token_id(tokenizer)
     shape = processing.shape
     if shape is Shape.PAIRWISE:
@@ -178,6 +208,8 @@ def make_collator(
     if shape is Shape.KTO:
         return KtoCollator(pad, pad_to_multiple_of)
     if processing.packing:
-        return PackedCollator(pad, pad_to_multiple_of)
-    side = "left" if shape is Shape.PROMPT else "right"  # prompts are generated from: pad before them
+        return PackedCollator(pad, pad_to_multiple_of, flatten=attn_implementation.startswith("flash"))
+    side: Literal["left", "right"] = (
+        "left" if shape is Shape.PROMPT else "right"
+    )  # prompts are generated from: pad before them
     return PaddingCollator(pad, pad_to_multiple_of, side)

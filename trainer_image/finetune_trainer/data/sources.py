@@ -46,7 +46,9 @@ def resolve_source(source: str, *, cache_dir: Path, s3_endpoint: str | None = No
         return ResolvedSource(files=download_s3(source, cache_dir=cache_dir, endpoint=s3_endpoint))
     if scheme == "pvc":
         root = Path(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT))
-        return ResolvedSource(files=list_data_files(root / parts.netloc / unquote(parts.path).lstrip("/"), source))
+        return ResolvedSource(
+            files=list_data_files(root / parts.netloc / unquote(parts.path).lstrip("/"), source)
+        )
     if scheme == "file":
         return ResolvedSource(files=list_data_files(local_path(source), source))
     if scheme == "":
@@ -77,9 +79,10 @@ def download_https(url: str, *, cache_dir: Path, timeout: float = 60.0) -> Path:
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with urllib.request.urlopen(url, timeout=timeout) as resp, tempfile.NamedTemporaryFile(
-        dir=dest.parent, delete=False
-    ) as tmp:
+    with (
+        urllib.request.urlopen(url, timeout=timeout) as resp,
+        tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp,
+    ):
         shutil.copyfileobj(resp, tmp, length=1 << 20)
     os.replace(tmp.name, dest)
     return dest

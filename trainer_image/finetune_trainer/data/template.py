@@ -9,7 +9,7 @@ the content are harmless): ``{content}``, ``{bos}`` and ``{eos}`` (the tokenizer
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 Message = dict[str, str]
@@ -19,9 +19,20 @@ TOOLS_PREAMBLE = "You have access to the following tools:\n"
 class ChatTemplate(Protocol):
     """What the processors need from a template."""
 
-    name: str
-    efficient_eos: bool
-    stop_words: tuple[str, ...]
+    @property
+    def name(self) -> str:
+        """The template's name (``auto`` for the tokenizer's own)."""
+        ...
+
+    @property
+    def efficient_eos(self) -> bool:
+        """Whether EOS is appended once at the end instead of closing each answer."""
+        ...
+
+    @property
+    def stop_words(self) -> tuple[str, ...]:
+        """Strings that end an answer when generating."""
+        ...
 
     def render_pairs(self, messages: list[Message], system: str, tools: str) -> list[tuple[str, str]]:
         """``messages`` (even length, ending on an answer) as one (prompt, answer) text pair per turn."""
@@ -57,7 +68,7 @@ class FormatTemplate:
 
     def with_tokens(self, bos: str | None, eos: str | None) -> FormatTemplate:
         """This template bound to a tokenizer's BOS/EOS strings."""
-        return FormatTemplate(**{**self.__dict__, "bos": bos or "", "eos": eos or ""})
+        return replace(self, bos=bos or "", eos=eos or "")
 
     def _fill(self, fmt: str, content: str = "") -> str:
         return fmt.replace("{bos}", self.bos).replace("{eos}", self.eos).replace("{content}", content)
@@ -77,18 +88,22 @@ class FormatTemplate:
                     content = sys_text + content
                 else:
                     head += sys_text
-            user_fmt = self.observation if question["role"] == "observation" and self.observation else self.user
+            user_fmt = (
+                self.observation if question["role"] == "observation" and self.observation else self.user
+            )
             answer_fmt = self.function if answer["role"] == "function" and self.function else self.assistant
             pairs.append((head + self._fill(user_fmt, content), self._fill(answer_fmt, answer["content"])))
         return pairs
 
 
-_CHATML = {
-    "system": "<|im_start|>system\n{content}<|im_end|>\n",
-    "user": "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
-    "assistant": "{content}<|im_end|>\n",
-    "stop_words": ("<|im_end|>",),
-}
+_CHATML = FormatTemplate(
+    name="chatml",
+    system="<|im_start|>system\n{content}<|im_end|>\n",
+    user="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
+    assistant="{content}<|im_end|>\n",
+    observation="<|im_start|>tool\n{content}<|im_end|>\n<|im_start|>assistant\n",
+    stop_words=("<|im_end|>",),
+)
 _LLAMA3_ANSWER_HEAD = "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
 TEMPLATES: dict[str, FormatTemplate] = {
@@ -98,17 +113,16 @@ TEMPLATES: dict[str, FormatTemplate] = {
         system="<|start_header_id|>system<|end_header_id|>\n\n{content}<|eot_id|>",
         user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>" + _LLAMA3_ANSWER_HEAD,
         assistant="{content}<|eot_id|>",
-        observation="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>" + _LLAMA3_ANSWER_HEAD,
+        observation="<|start_header_id|>ipython<|end_header_id|>\n\n{content}<|eot_id|>"
+        + _LLAMA3_ANSWER_HEAD,
         stop_words=("<|eot_id|>", "<|eom_id|>"),
     ),
-    "chatml": FormatTemplate(
-        name="chatml", observation="<|im_start|>tool\n{content}<|im_end|>\n<|im_start|>assistant\n", **_CHATML
-    ),
-    "qwen": FormatTemplate(
+    "chatml": _CHATML,
+    "qwen": replace(
+        _CHATML,
         name="qwen",
         default_system="You are a helpful assistant.",
         observation="<|im_start|>user\n<tool_response>\n{content}\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
-        **_CHATML,
     ),
     "mistral": FormatTemplate(
         name="mistral",
@@ -181,13 +195,17 @@ class TokenizerTemplate:
 
     def __init__(self, tokenizer: Any) -> None:
         if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("training.template: auto needs a tokenizer with a chat template; name a template instead")
+            raise ValueError(
+                "training.template: auto needs a tokenizer with a chat template; name a template instead"
+            )
         self._tokenizer = tokenizer
         eos = tokenizer.eos_token
         self.stop_words: tuple[str, ...] = (eos,) if eos else ()
 
     def _render(self, conv: list[dict[str, Any]], tools: list[Any] | None, generation: bool) -> str:
-        text = self._tokenizer.apply_chat_template(conv, tools=tools, tokenize=False, add_generation_prompt=generation)
+        text = self._tokenizer.apply_chat_template(
+            conv, tools=tools, tokenize=False, add_generation_prompt=generation
+        )
         return str(text)
 
     def render_pairs(self, messages: list[Message], system: str, tools: str) -> list[tuple[str, str]]:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset
+
 from finetune_api.dataset import DatasetSpec
 from finetune_api.method import Stage
 
@@ -25,7 +26,13 @@ from .template import get_template
 
 PREVIEW_CHARS = 4096
 # A stage per shape, to measure token lengths when the Dataset's consumer is unknown.
-SHAPE_STAGE = {Shape.TEXT: Stage.PT, Shape.SUPERVISED: Stage.SFT, Shape.PAIRWISE: Stage.DPO, Shape.KTO: Stage.KTO, Shape.PROMPT: Stage.PPO}
+SHAPE_STAGE = {
+    Shape.TEXT: Stage.PT,
+    Shape.SUPERVISED: Stage.SFT,
+    Shape.PAIRWISE: Stage.DPO,
+    Shape.KTO: Stage.KTO,
+    Shape.PROMPT: Stage.PPO,
+}
 UNLIMITED = 1 << 30
 
 
@@ -91,14 +98,23 @@ def _preview(rows: Dataset, shape: Shape, tokenizer: Any, template_name: str) ->
 
 
 def _token_stats(
-    aligned: Dataset, shape: Shape, tokenizer: Any, template_name: str, cutoff_len: int | None, num_proc: int | None
+    aligned: Dataset,
+    shape: Shape,
+    tokenizer: Any,
+    template_name: str,
+    cutoff_len: int | None,
+    num_proc: int | None,
 ) -> TokenStats:
     cfg = ProcessingConfig(stage=SHAPE_STAGE[shape], template=template_name, cutoff_len=UNLIMITED)
     encoder = Encoder(tokenizer, get_template(template_name, tokenizer), cfg)
     features = encoded_features(shape)
     procs = resolve_num_proc(num_proc, len(aligned))
     encoded = aligned.map(
-        encoder, batched=True, remove_columns=aligned.column_names, features=features, num_proc=procs if procs > 1 else None
+        encoder,
+        batched=True,
+        remove_columns=aligned.column_names,
+        features=features,
+        num_proc=procs if procs > 1 else None,
     )
     column = "chosen_input_ids" if shape is Shape.PAIRWISE else "input_ids"
     lengths = pc.list_value_length(encoded.with_format("arrow")[column]).to_numpy(zero_copy_only=False)
@@ -135,7 +151,11 @@ def validate_dataset(
         rows = load_rows(cfg, cache_dir=cache_dir or default_cache_dir())
         result = align_rows(rows, cfg, shape, num_proc=num_proc)
     except MalformedDatasetError as exc:
-        report.num_errors, report.errors, report.problem = exc.num_errors, [RowProblem.parse(e) for e in exc.errors], str(exc)
+        report.num_errors, report.errors, report.problem = (
+            exc.num_errors,
+            [RowProblem.parse(e) for e in exc.errors],
+            str(exc),
+        )
         return report
     except (ValueError, OSError) as exc:
         report.problem = str(exc)
@@ -144,7 +164,9 @@ def validate_dataset(
     assert isinstance(aligned, Dataset)
     report.valid, report.num_samples, report.num_errors = True, len(aligned), result.num_errors
     report.errors = [RowProblem.parse(e) for e in result.errors]
-    report.preview = _preview(aligned.select(range(min(preview_rows, len(aligned)))), shape, tokenizer, template)
+    report.preview = _preview(
+        aligned.select(range(min(preview_rows, len(aligned)))), shape, tokenizer, template
+    )
     if tokenizer is not None:
         report.token_stats = _token_stats(aligned, shape, tokenizer, template, cutoff_len, num_proc)
     return report

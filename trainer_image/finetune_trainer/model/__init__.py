@@ -11,8 +11,15 @@ Typical use in a recipe::
 """
 
 from .adapters import count_parameters, find_linear_module_names, prepare_model_for_training
-from .loader import LoadedModel, ModelHead, load_model_and_tokenizer, resize_embeddings_to_tokenizer
+from .loader import (
+    LoadedModel,
+    ModelHead,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    resize_embeddings_to_tokenizer,
+)
 from .optim import build_optimizer
+from .sources import fetch_source
 from .tiny import tiny_model_path
 
 __all__ = [
@@ -20,8 +27,10 @@ __all__ = [
     "ModelHead",
     "build_optimizer",
     "count_parameters",
+    "fetch_source",
     "find_linear_module_names",
     "load_model_and_tokenizer",
+    "load_tokenizer",
     "prepare_model_for_training",
     "resize_embeddings_to_tokenizer",
     "tiny_model_path",

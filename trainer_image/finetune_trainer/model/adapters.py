@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 
 import torch
-from finetune_api.method import Finetuning, FreezeSpec, LoraSpec, MethodSpec
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 from transformers import PreTrainedModel
+
+from finetune_api.method import Finetuning, FreezeSpec, LoraSpec, MethodSpec
 
 from .loader import is_quantized
 
@@ -73,7 +74,9 @@ def lora_config(model: PreTrainedModel, lora: LoraSpec, *, vocab_resized: bool) 
         ValueError: PiSSA on a quantized model, or unknown target modules.
     """
     if lora.pissa_init and is_quantized(model):
-        raise ValueError("method.lora.pissaInit: PiSSA needs the unquantized base model; drop model.quantization")
+        raise ValueError(
+            "method.lora.pissaInit: PiSSA needs the unquantized base model; drop model.quantization"
+        )
     modules_to_save = list(lora.additional_target)
     if vocab_resized:
         for embedding in (model.get_input_embeddings(), model.get_output_embeddings()):
@@ -129,7 +132,9 @@ def freeze_trainable_names(model: PreTrainedModel, freeze: FreezeSpec) -> set[st
     num_layers = model.config.get_text_config().num_hidden_layers
     count = abs(freeze.trainable_layers)
     if count > num_layers:
-        raise ValueError(f"method.freeze.trainableLayers: {freeze.trainable_layers} but the model has {num_layers} layers")
+        raise ValueError(
+            f"method.freeze.trainableLayers: {freeze.trainable_layers} but the model has {num_layers} layers"
+        )
     ids = range(num_layers - count, num_layers) if freeze.trainable_layers > 0 else range(count)
     prefix = decoder_layers_prefix(model, num_layers) + "."
     everything = freeze.trainable_modules == ["all"]
@@ -193,13 +198,19 @@ def prepare_model_for_training(
         ValueError: a combination the method cannot honour, naming the spec field.
     """
     if method.finetuning != Finetuning.LORA and is_quantized(model):
-        raise ValueError(f"model.quantization: needs method.finetuning: lora (QLoRA), not {method.finetuning.value}")
+        raise ValueError(
+            f"model.quantization: needs method.finetuning: lora (QLoRA), not {method.finetuning.value}"
+        )
     if method.finetuning == Finetuning.LORA:
         prepared: PreTrainedModel | PeftModel = apply_lora(
             model, method.lora_or_default(), adapter=adapter, vocab_resized=vocab_resized
         )
     elif method.finetuning == Finetuning.FREEZE:
         prepared = apply_freeze(model, method.freeze_or_default())
+        if vocab_resized and not model.get_input_embeddings().weight.requires_grad:
+            log.warning(
+                "new tokens were added but embed_tokens is frozen: add it to method.freeze.extraModules"
+            )
     else:
         model.requires_grad_(True)
         prepared = model

@@ -27,6 +27,7 @@ Assistant: Grey waves fold and break / salt wind combs the empty shore / the tid
 {"instruction": "Translate to German", "input": "good morning", "output": "guten Morgen"}
 """
 
+# fmt: off
 _SUBJECTS = [
     "the model", "a student", "the operator", "my friend", "the teacher", "a robot", "the cluster",
     "the river", "an engineer", "the cat", "the old man", "a small bird", "the scheduler", "our team",
@@ -36,17 +37,19 @@ _VERBS = [
     "answers", "loads", "saves", "measures", "follows", "repeats", "checks", "sorts",
 ]
 _OBJECTS = [
-    "the data", "a long story", "every token", "the weights", "a question", "the answer", "three apples",
-    "the checkpoint", "a new song", "the map", "the numbers", "a clear plan", "the green door",
+    "the data", "a long story", "every token", "the weights", "a question", "the answer",
+    "three apples", "the checkpoint", "a new song", "the map", "the numbers", "a clear plan",
+    "the green door",
 ]
 _ENDINGS = [
     "before noon", "with care", "in the morning", "after the rain", "on the GPU", "for the test",
     "every day", "quickly", "again and again", "without a sound", "at the end of the epoch",
 ]
 _SYLLABLES = [
-    "ka", "lo", "mi", "ne", "ru", "ta", "shi", "pon", "der", "vel", "qua", "zor", "bin", "tek",
-    "ar", "el", "om", "un", "is", "yo", "fra", "gle", "mp", "st", "th", "ing", "ion", "er",
+    "ka", "lo", "mi", "ne", "ru", "ta", "shi", "pon", "der", "vel", "qua", "zor", "bin", "tek", "ar",
+    "el", "om", "un", "is", "yo", "fra", "gle", "mp", "st", "th", "ing", "ion", "er",
 ]
+# fmt: on
 
 
 def _pseudo_word(rng: random.Random) -> str:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from finetune_api.finetunejob import Attention, ModelSpec, Precision, QuantizationSpec, RopeScalingSpec
-from finetune_api.method import Finetuning
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -26,6 +25,9 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from finetune_api.finetunejob import Attention, ModelSpec, Precision, QuantizationSpec, RopeScalingSpec
+from finetune_api.method import Finetuning
 
 from .sources import fetch_source
 
@@ -68,7 +70,9 @@ def resolve_dtype(precision: Precision, *, cuda: bool) -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if precision == Precision.FP16 and not cuda:
         raise ValueError("training.precision: fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
-    return {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16, Precision.FP32: torch.float32}[precision]
+    return {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16, Precision.FP32: torch.float32}[
+        precision
+    ]
 
 
 def flash_attn_installed() -> bool:
@@ -108,7 +112,9 @@ def check_model_spec(spec: ModelSpec, *, finetuning: Finetuning) -> None:
             f"model.quantization: quantized training needs method.finetuning: lora (QLoRA), not {finetuning.value}"
         )
     if spec.adapter is not None and finetuning != Finetuning.LORA:
-        raise ValueError(f"model.adapter: continuing an adapter needs method.finetuning: lora, not {finetuning.value}")
+        raise ValueError(
+            f"model.adapter: continuing an adapter needs method.finetuning: lora, not {finetuning.value}"
+        )
 
 
 def bnb_config(quantization: QuantizationSpec, *, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
@@ -136,7 +142,9 @@ def apply_rope_scaling(config: PretrainedConfig, rope: RopeScalingSpec) -> None:
     """
     params = config.rope_parameters if hasattr(config, "rope_parameters") else None
     if not isinstance(params, dict) or "rope_type" not in params:
-        raise ValueError(f"model.ropeScaling: {config.model_type} has no single set of RoPE parameters to scale")
+        raise ValueError(
+            f"model.ropeScaling: {config.model_type} has no single set of RoPE parameters to scale"
+        )
     scaled: dict[str, Any] = {**params, "rope_type": rope.type, "factor": rope.factor}
     if rope.type in ("yarn", "llama3"):
         original = config.max_position_embeddings
@@ -189,7 +197,9 @@ def enable_gradient_checkpointing(model: PreTrainedModel, *, adapters: bool) -> 
 
 def load_tokenizer(path: str, *, spec: ModelSpec) -> PreTrainedTokenizerBase:
     """The model's tokenizer, right-padded for training, with a pad token (eos when it has none)."""
-    tokenizer = AutoTokenizer.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -220,14 +230,17 @@ def load_model_and_tokenizer(
     path = fetch_source(spec.source, field="model.source")
     adapter_path = fetch_source(spec.adapter, field="model.adapter") if spec.adapter else None
 
-    config = AutoConfig.from_pretrained(path, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    config = AutoConfig.from_pretrained(
+        path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+    )
     if spec.rope_scaling is not None:
         apply_rope_scaling(config, spec.rope_scaling)
     tokenizer = load_tokenizer(path, spec=spec)
     kwargs: dict[str, Any] = {}
     if spec.quantization is not None:
         kwargs["quantization_config"] = bnb_config(spec.quantization, compute_dtype=dtype)
-        kwargs["device_map"] = {"": torch.cuda.current_device() if cuda else "cpu"}
+        # bitsandbytes quantizes while placing the weights: each rank loads onto its own GPU.
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0")) if cuda else "cpu"}
     if head == "sequence_classification":
         config.num_labels = 1
         config.pad_token_id = tokenizer.pad_token_id  # the head pools the last non-pad token
@@ -254,4 +267,3 @@ def is_quantized(model: torch.nn.Module) -> bool:
     """Whether the model (or the base of a PeftModel) was loaded with a quantizer (bitsandbytes 4/8-bit)."""
     # transformers sets hf_quantizer only on models it quantized; PeftModel forwards the attribute.
     return getattr(model, "hf_quantizer", None) is not None
-

@@ -9,16 +9,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from finetune_api.finetunejob import TrainingSpec
-from finetune_api.method import Finetuning, GaloreSpec, MethodSpec
 from peft import PeftModel
 from peft.optimizers import create_loraplus_optimizer
+
+from finetune_api.finetunejob import TrainingSpec
+from finetune_api.method import Finetuning, GaloreSpec, MethodSpec
 
 from .adapters import find_linear_module_names
 from .loader import cuda_available
 
 
-def optimizer_class(training: TrainingSpec, *, cuda: bool) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+def optimizer_class(
+    training: TrainingSpec, *, cuda: bool
+) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
     """The optimizer class and extra keyword arguments of ``training.optimizer``."""
     name = training.optimizer
     if name in ("adamw_8bit", "paged_adamw_8bit"):
@@ -57,13 +60,17 @@ def galore_param_groups(model: torch.nn.Module, galore: GaloreSpec) -> list[dict
         ValueError: no trainable weight matches the targets.
     """
     targets = set(find_linear_module_names(model) if galore.target == ["all"] else galore.target)
-    projected: list[torch.nn.Parameter] = []
-    for qualified, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and qualified.rsplit(".", 1)[-1] in targets:
-            if module.weight.requires_grad:
-                projected.append(module.weight)
+    projected = [
+        module.weight
+        for qualified, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and qualified.rsplit(".", 1)[-1] in targets
+        and module.weight.requires_grad
+    ]
     if not projected:
-        raise ValueError(f"method.galore.target: no trainable linear weight matches {', '.join(sorted(targets))}")
+        raise ValueError(
+            f"method.galore.target: no trainable linear weight matches {', '.join(sorted(targets))}"
+        )
     projected_ids = {id(p) for p in projected}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in projected_ids]
     galore_group = {
@@ -76,7 +83,9 @@ def galore_param_groups(model: torch.nn.Module, galore: GaloreSpec) -> list[dict
     return [{"params": rest}, galore_group] if rest else [galore_group]
 
 
-def galore_optimizer(model: torch.nn.Module, galore: GaloreSpec, training: TrainingSpec) -> torch.optim.Optimizer:
+def galore_optimizer(
+    model: torch.nn.Module, galore: GaloreSpec, training: TrainingSpec
+) -> torch.optim.Optimizer:
     """GaLore AdamW (8-bit when ``training.optimizer`` asks for it) over :func:`galore_param_groups`."""
     from galore_torch import GaLoreAdamW, GaLoreAdamW8bit
 
@@ -105,7 +114,9 @@ def build_optimizer(
         return galore_optimizer(model, method.galore, training)
     if method.finetuning == Finetuning.LORA and method.lora is not None and method.lora.loraplus_lr_ratio:
         if not isinstance(model, PeftModel):
-            raise ValueError("method.lora.loraplusLrRatio: build the optimizer after prepare_model_for_training")
+            raise ValueError(
+                "method.lora.loraplusLrRatio: build the optimizer after prepare_model_for_training"
+            )
         return loraplus_optimizer(
             model, ratio=method.lora.loraplus_lr_ratio, training=training, cuda=cuda_available()
         )

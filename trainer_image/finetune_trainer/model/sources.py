@@ -58,7 +58,7 @@ def parse_source(uri: str, *, field: str) -> Source:
             raise ValueError(f"{field}: {uri!r} has no {what} (expected {scheme}://{what}/path)")
         if ".." in rest.split("/"):
             raise ValueError(f"{field}: {uri!r} must not contain '..'")
-        return Source(scheme, rest)
+        return Source("s3" if scheme == "s3" else "pvc", rest)
     raise ValueError(f"{field}: unsupported scheme in {uri!r} (use hf://, s3://, pvc://, file:// or tiny://)")
 
 
@@ -115,8 +115,12 @@ def download_s3_folder(uri: str, dest: Path, *, field: str = "source") -> Path:
             for key in sorted(files):
                 store.get_file(key, staging / key)
         (staging / _COMPLETE).write_text(uri + "\n")
-        shutil.rmtree(dest, ignore_errors=True)
-        staging.rename(dest)
+        try:
+            staging.rename(dest)
+        except OSError:
+            # Another rank on this node finished first; its copy is as good as ours.
+            if not (dest / _COMPLETE).is_file():
+                raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest

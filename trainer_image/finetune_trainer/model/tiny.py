@@ -23,13 +23,19 @@ from urllib.parse import parse_qsl, urlsplit
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import AutoModelForCausalLM, LlamaConfig, PretrainedConfig, PreTrainedModel, Qwen2Config
-from transformers import PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
 
 from .corpus import corpus_lines
 
 # Bump when the corpus, tokenizer recipe or default shapes change: it is part of the cache key.
-TINY_VERSION = 1
+TINY_VERSION = 2
 CACHE_DIR_ENV = "FINETUNE_CACHE_DIR"
 TinyArch = Literal["llama", "qwen2"]
 TINY_ARCHS: tuple[TinyArch, ...] = ("llama", "qwen2")
@@ -63,7 +69,7 @@ class TinySpec:
     kv_heads: int = 2
     intermediate: int = 128
     vocab: int = 1024
-    """Target tokenizer size; the embedding is padded up to it if the corpus yields fewer tokens."""
+    """Tokenizer size (the corpus grows with it); the embedding is padded up to it should BPE stop short."""
     max_positions: int = 2048
     seed: int = 0
 
@@ -87,14 +93,20 @@ def parse_tiny_uri(uri: str) -> TinySpec:
     """
     parts = urlsplit(uri)
     if parts.scheme != "tiny" or parts.netloc not in TINY_ARCHS or parts.path not in ("", "/"):
-        raise ValueError(f"model.source: {uri!r} is not tiny://<arch> with arch one of {', '.join(TINY_ARCHS)}")
+        raise ValueError(
+            f"model.source: {uri!r} is not tiny://<arch> with arch one of {', '.join(TINY_ARCHS)}"
+        )
     known = {f.name for f in dataclasses.fields(TinySpec)} - {"arch"}
     options: dict[str, int] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)):
         if key not in known:
-            raise ValueError(f"model.source: unknown tiny:// option {key!r}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"model.source: unknown tiny:// option {key!r}; known: {', '.join(sorted(known))}"
+            )
         if not value.isdigit() or (int(value) == 0 and key != "seed"):
-            raise ValueError(f"model.source: tiny:// option {key}={value!r} must be a positive integer (seed may be 0)")
+            raise ValueError(
+                f"model.source: tiny:// option {key}={value!r} must be a positive integer (seed may be 0)"
+            )
         options[key] = int(value)
     spec = TinySpec(arch=cast(TinyArch, parts.netloc), **options)
     if spec.hidden % spec.heads or spec.heads % spec.kv_heads or (spec.hidden // spec.heads) % 2:
@@ -142,7 +154,9 @@ def save_tiny_model(spec: TinySpec, folder: Path) -> None:
     model = build_tiny_model(spec, tokenizer)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    (folder / "tiny.json").write_text(json.dumps({"version": TINY_VERSION, **dataclasses.asdict(spec)}) + "\n")
+    (folder / "tiny.json").write_text(
+        json.dumps({"version": TINY_VERSION, **dataclasses.asdict(spec)}) + "\n"
+    )
 
 
 def build_tiny_tokenizer(spec: TinySpec) -> PreTrainedTokenizerFast:
@@ -158,7 +172,9 @@ def build_tiny_tokenizer(spec: TinySpec) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    bpe.train_from_iterator(corpus_lines(seed=spec.seed), trainer=trainer)
+    # About three sentences per wanted token lets bigger vocabularies find enough distinct merges.
+    lines = corpus_lines(sentences=max(6000, 3 * spec.vocab), seed=spec.seed)
+    bpe.train_from_iterator(lines, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token=BOS,
@@ -174,7 +190,9 @@ def build_tiny_tokenizer(spec: TinySpec) -> PreTrainedTokenizerFast:
 
 def tiny_config(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> PretrainedConfig:
     """The model config of ``spec``: vocabulary and special-token ids taken from ``tokenizer``."""
-    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (("bos", BOS), ("eos", EOS), ("pad", PAD))}
+    ids = {
+        name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (("bos", BOS), ("eos", EOS), ("pad", PAD))
+    }
     common = dict(
         vocab_size=max(len(tokenizer), spec.vocab),
         hidden_size=spec.hidden,
@@ -187,6 +205,9 @@ def tiny_config(spec: TinySpec, tokenizer: PreTrainedTokenizerFast) -> Pretraine
         eos_token_id=ids["eos"],
         pad_token_id=ids["pad"],
         tie_word_embeddings=False,
+        # 0.02 suits hidden sizes in the thousands; at 64 it caps the logits (the final norm fixes
+        # the hidden norm), so the model could barely fit anything. 1/sqrt(hidden) keeps the ratio.
+        initializer_range=spec.hidden**-0.5,
         dtype="float32",
     )
     if spec.arch == "llama":

@@ -121,7 +121,9 @@ def metrics_port(env: dict[str, str] | None = None) -> int:
     return int(raw)
 
 
-def start_metrics_server(metrics: TrainingMetrics, *, port: int | None = None, addr: str = "0.0.0.0") -> MetricsServer:
+def start_metrics_server(
+    metrics: TrainingMetrics, *, port: int | None = None, addr: str = "0.0.0.0"
+) -> MetricsServer:
     """Serve ``metrics`` on ``addr:port`` (port defaults to :func:`metrics_port`) from a daemon thread.
 
     Only one process per pod should call this (local rank 0): the port is the pod's.

@@ -62,7 +62,7 @@ class RateWindow:
 
 def format_duration(seconds: float) -> str:
     """A short human duration: ``45s``, ``3m20s``, ``1h05m``, ``2d03h``."""
-    total = max(int(round(seconds)), 0)
+    total = max(round(seconds), 0)
     days, rem = divmod(total, 86_400)
     hours, rem = divmod(rem, 3_600)
     minutes, secs = divmod(rem, 60)

@@ -11,8 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from finetune_api.finetunejob import TrainingProgress
 from pydantic import Field
+
+from finetune_api.finetunejob import TrainingProgress
 
 PROGRESS_KEY = "progress.json"
 MESSAGE_MAX = 1024

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -17,11 +18,13 @@ from ..storage import ObjectStore
 from .metrics import TrainingMetrics
 from .rates import Observation, RateWindow, format_duration
 from .record import MESSAGE_MAX, PROGRESS_KEY, ProgressRecord, TrainerPhase, rfc3339_utc
+from .writer import LatestObjectWriter
 
 log = logging.getLogger(__name__)
 TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MAX = 4096  # the kubelet keeps at most this many bytes of a termination message
+FINAL_WRITE_TIMEOUT_S = 120.0
 
 
 def _utc_now() -> datetime:
@@ -31,8 +34,10 @@ def _utc_now() -> datetime:
 class ProgressReporter:
     """Turns training-loop observations into metrics, a throttled ``progress.json`` and a bar.
 
-    Only the main process (global rank 0) should own one. Storage failures are logged, never
-    raised: losing a progress update must not kill a training run.
+    Only the main process (global rank 0) should own one. ``progress.json`` is written from a
+    background thread (newest version wins) and storage failures are logged, never raised:
+    losing a progress update must not stall or kill a training run. Thread-safe, because
+    checkpoint notices arrive from the upload thread.
     """
 
     def __init__(
@@ -48,28 +53,39 @@ class ProgressReporter:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], datetime] = _utc_now,
     ) -> None:
-        self.store = store
         self.metrics = metrics
         self.write_interval_s = write_interval_s
-        self.termination_log = termination_log or Path(
-            os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)
-        )
+        chosen = termination_log or os.environ.get(TERMINATION_LOG_ENV)
+        self.termination_log = Path(chosen or DEFAULT_TERMINATION_LOG)
+        # The kubelet creates /dev/termination-log in every container; outside Kubernetes (a root
+        # workstation run) the default must not leave a stray file in /dev.
+        self._create_termination_log = bool(chosen)
+        self._writer = LatestObjectWriter(store, PROGRESS_KEY) if store is not None else None
         self._clock = clock
         self._wall_clock = wall_clock
+        self._lock = threading.RLock()
         self._rates = RateWindow(eta_window)
         self._last_write: float | None = None
         self._last_tokens = 0
         self._last_samples = 0
-        self.writes = 0
+        self._finished = False
         self.record = ProgressRecord(step=0, total_steps=total_steps, phase="Running")
-        self._bar: Any = tqdm(total=total_steps, desc="train", unit="step", disable=not show_bar, dynamic_ncols=True)
+        self._bar: Any = tqdm(
+            total=total_steps, desc="train", unit="step", disable=not show_bar, dynamic_ncols=True
+        )
+
+    @property
+    def writes(self) -> int:
+        """``progress.json`` writes that reached storage."""
+        return self._writer.writes if self._writer else 0
 
     def set_total_steps(self, total_steps: int) -> None:
         """Set the planned steps once known (after the dataloader is built)."""
-        self.record.total_steps = total_steps
-        self._bar.total = total_steps
-        if self.metrics:
-            self.metrics.total_steps.set(total_steps)
+        with self._lock:
+            self.record = self.record.model_copy(update={"total_steps": total_steps})
+            self._bar.total = total_steps
+            if self.metrics:
+                self.metrics.total_steps.set(total_steps)
 
     def on_log(
         self,
@@ -83,65 +99,72 @@ class ProgressReporter:
     ) -> ProgressRecord:
         """Record one observation; ``tokens`` and ``samples`` are cumulative counts.
 
-        Writes ``progress.json`` when ``write_interval_s`` has passed since the last write.
+        Schedules a ``progress.json`` write when ``write_interval_s`` has passed since the last.
         """
-        now = self._clock()
-        self._rates.add(Observation(time=now, step=step, tokens=tokens, samples=samples))
-        total = self.record.total_steps
-        eta = self._rates.eta_seconds(total)
-        tps = self._rates.tokens_per_second()
-        update: dict[str, Any] = {
-            "step": step,
-            "epoch": epoch,
-            "loss": loss,
-            "learning_rate": learning_rate,
-            "tokens_per_second": round(tps, 2) if tps is not None else None,
-            "eta_seconds": int(round(eta)) if eta is not None else None,
-            "eta": format_duration(eta) if eta is not None else None,
-            "percent": round(min(100.0, 100.0 * step / total), 2) if total else None,
-        }
-        self.record = self.record.model_copy(update={k: v for k, v in update.items() if v is not None})
-        if self.metrics:
-            self.metrics.observe(
-                step=step, total_steps=total, epoch=epoch, loss=loss, learning_rate=learning_rate,
-                tokens_per_second=tps, samples_per_second=self._rates.samples_per_second(), eta_seconds=eta,
-                new_tokens=tokens - self._last_tokens, new_samples=samples - self._last_samples,
-            )  # fmt: skip
-        self._last_tokens, self._last_samples = tokens, samples
-        self._update_bar(step, loss, learning_rate)
-        if self._last_write is None or now - self._last_write >= self.write_interval_s:
-            self.flush()
-        return self.record
+        with self._lock:
+            now = self._clock()
+            self._rates.add(Observation(time=now, step=step, tokens=tokens, samples=samples))
+            total = self.record.total_steps
+            eta = self._rates.eta_seconds(total)
+            tps = self._rates.tokens_per_second()
+            update: dict[str, Any] = {
+                "step": step,
+                "epoch": epoch,
+                "loss": loss,
+                "learning_rate": learning_rate,
+                "tokens_per_second": round(tps, 2) if tps is not None else None,
+                "eta_seconds": round(eta) if eta is not None else None,
+                "eta": format_duration(eta) if eta is not None else None,
+                "percent": round(min(100.0, 100.0 * step / total), 2) if total else None,
+            }
+            self.record = self.record.model_copy(update={k: v for k, v in update.items() if v is not None})
+            if self.metrics:
+                self.metrics.observe(
+                    step=step, total_steps=total, epoch=epoch, loss=loss, learning_rate=learning_rate,
+                    tokens_per_second=tps, samples_per_second=self._rates.samples_per_second(), eta_seconds=eta,
+                    new_tokens=tokens - self._last_tokens, new_samples=samples - self._last_samples,
+                )  # fmt: skip
+            self._last_tokens, self._last_samples = tokens, samples
+            self._update_bar(step, loss, learning_rate)
+            if self._last_write is None or now - self._last_write >= self.write_interval_s:
+                self.flush()
+            return self.record
 
     def on_checkpoint(self, uri: str) -> None:
         """A checkpoint is complete in storage (its manifest written): record it right away."""
-        self.record = self.record.model_copy(update={"last_checkpoint": uri})
-        self.flush()
+        with self._lock:
+            self.record = self.record.model_copy(update={"last_checkpoint": uri})
+            self.flush()
 
     def finish(self, phase: TrainerPhase, message: str | None = None) -> ProgressRecord:
-        """Write the final record (and the termination log) and close the bar."""
-        update: dict[str, Any] = {"phase": phase, "message": message[:MESSAGE_MAX] if message else None}
-        if phase == "Succeeded":
-            update |= {"eta_seconds": 0, "eta": format_duration(0)}
-            if self.record.total_steps:
-                update["percent"] = 100.0
-        self.record = self.record.model_copy(update=update)
-        self.flush()
-        self._write_termination_log()
-        self._bar.close()
-        return self.record
+        """Write the final record (waiting for it to land) and the termination log; close the bar."""
+        with self._lock:
+            update: dict[str, Any] = {"phase": phase, "message": message[:MESSAGE_MAX] if message else None}
+            if phase == "Succeeded":
+                update |= {"eta_seconds": 0, "eta": format_duration(0)}
+                if self.record.total_steps:
+                    update["percent"] = 100.0
+            self.record = self.record.model_copy(update=update)
+            self.flush()
+            self._finished = True
+            if self._writer is not None:
+                self._writer.close(timeout=FINAL_WRITE_TIMEOUT_S)
+            self._write_termination_log()
+            self._bar.close()
+            return self.record
 
     def flush(self) -> None:
-        """Write ``progress.json`` now, stamped with the current time."""
-        self._last_write = self._clock()
-        self.record = self.record.model_copy(update={"updated_at": rfc3339_utc(self._wall_clock())})
-        if self.store is None:
-            return
-        try:
-            self.store.put_bytes(PROGRESS_KEY, self.record.to_json().encode(), content_type="application/json")
-            self.writes += 1
-        except Exception as exc:  # any storage fault: the run goes on, the next write retries
-            log.warning("could not write %s to %s: %s", PROGRESS_KEY, self.store.uri, exc)
+        """Schedule a write of ``progress.json`` now, stamped with the current time."""
+        with self._lock:
+            self._last_write = self._clock()
+            self.record = self.record.model_copy(update={"updated_at": rfc3339_utc(self._wall_clock())})
+            # After finish() the final record stands; late notices update only the in-memory copy.
+            if self._writer is not None and not self._finished:
+                self._writer.put(self.record.to_json().encode())
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every scheduled write has reached storage (or failed); False on timeout."""
+        return self._writer.drain(timeout) if self._writer else True
 
     def _update_bar(self, step: int, loss: float | None, learning_rate: float | None) -> None:
         if self._bar.disable:
@@ -158,8 +181,10 @@ class ProgressReporter:
 
     def _write_termination_log(self) -> None:
         """The final record for the pod's status (``kubectl describe pod``); skipped when the path
-        is not writable, as it is outside Kubernetes."""
+        is not writable, or is the default and absent (outside Kubernetes)."""
         data = self.record.to_json().encode()[:TERMINATION_MAX]
+        if not self._create_termination_log and not self.termination_log.exists():
+            return
         try:
             with self.termination_log.open("wb") as fh:
                 fh.write(data)

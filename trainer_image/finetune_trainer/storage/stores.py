@@ -152,7 +152,9 @@ class S3Store:
             raise
 
     def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
-        self.client.put_object(Bucket=self.uri.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+        self.client.put_object(
+            Bucket=self.uri.bucket, Key=self._key(key), Body=data, ContentType=content_type
+        )
 
     def _get(self, key: str) -> Any:
         try:
@@ -220,10 +222,14 @@ class S3Store:
         keys = files + sorted(markers - set(files), key=lambda k: -k.count("/"))
         for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
             batch = [{"Key": k} for k in keys[start : start + 1000]]
-            resp = self.client.delete_objects(Bucket=self.uri.bucket, Delete={"Objects": batch, "Quiet": True})
+            resp = self.client.delete_objects(
+                Bucket=self.uri.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
             if resp.get("Errors"):
                 first = resp["Errors"][0]
-                raise OSError(f"S3 delete of {first.get('Key')} failed: {first.get('Code')} {first.get('Message')}")
+                raise OSError(
+                    f"S3 delete of {first.get('Key')} failed: {first.get('Code')} {first.get('Message')}"
+                )
         return len([k for k in files if not k.endswith("/")])
 
 
@@ -281,7 +287,7 @@ class LocalStore:
         found: dict[str, int] = {}
         for dirpath, _dirs, names in os.walk(base):
             for name in names:
-                if name.endswith(".partial"):  # an atomic write still in flight
+                if name.startswith(".") and name.endswith(".partial"):  # an atomic write in flight
                     continue
                 full = Path(dirpath, name)
                 found[full.relative_to(self.root).as_posix()] = full.stat().st_size

@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -18,6 +18,8 @@ from ..progress import ProgressReporter, TrainingMetrics, start_metrics_server
 from ..storage import (
     BackgroundUploader,
     ObjectStore,
+    S3Settings,
+    load_s3_settings,
     open_store,
     restore_latest_checkpoint,
     upload_with_manifest,
@@ -115,7 +117,7 @@ class Workspace:
 
 def open_workspace(name: str, spec: FineTuneJobSpec, output_uri: str) -> Workspace:
     """Open the output store and local staging dir; rank 0 also starts metrics and progress."""
-    store = open_store(output_uri)
+    store = open_store(output_uri, settings=output_settings(spec) if output_uri.startswith("s3://") else None)
     root = Path(os.environ.get("FINETUNE_WORK_DIR") or tempfile.mkdtemp(prefix=f"finetune-{name}-"))
     work_dir = root / f"rank-{global_rank()}"
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +131,13 @@ def open_workspace(name: str, spec: FineTuneJobSpec, output_uri: str) -> Workspa
             log.warning("metrics endpoint not started: %s", exc)
     reporter = ProgressReporter(store=store, metrics=metrics)
     return Workspace(name, spec, output_uri, store, work_dir, reporter, BackgroundUploader())
+
+
+def output_settings(spec: FineTuneJobSpec) -> S3Settings:
+    """S3 settings for the output: the spec's endpoint and region over the mounted secret / environment."""
+    out = spec.output
+    settings = load_s3_settings(endpoint_url=out.endpoint if out else None)
+    return replace(settings, region=out.region) if out and out.region else settings
 
 
 def plot_loss(log_path: Path, png: Path) -> bool:

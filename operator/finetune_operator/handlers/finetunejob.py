@@ -1,0 +1,236 @@
+"""FineTuneJob: level-based reconcile of the ConfigMap, (Indexed) Job and Service, and the status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from finetune_api.dataset import DatasetStatus
+from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Phase
+from finetune_api.resources import Dataset, FineTuneJob
+
+from .. import metrics
+from .. import preflight as pf
+from ..builders.common import MANAGED_BY, MANAGER, OWNER_KIND
+from ..builders.training import (
+    TRAINER,
+    build_config_map,
+    build_headless_service,
+    build_trainer_job,
+    config_map_name,
+    owner_of,
+    trainer_job_name,
+)
+from ..kube import Kube
+from ..progress import read_progress
+from ..status import reasons as r
+from ..status.conditions import Verdict
+from ..status.finetunejob import TERMINAL, build_job_status, cluster_spec_errors, dataset_gate, job_verdict
+from ..status.observe import JobObservation, observe_job, parse_time
+from .runtime import RUNTIME, measured, now, parse, parse_status, write_status
+
+FTJ: Final = ("finetune.dev", "v1alpha1", "finetunejobs")
+PLURAL: Final = "finetunejobs"
+GPU_MEMORY_LABEL: Final = "finetune.dev/gpu-memory-gib"
+OWNED_JOBS: Final = {MANAGED_BY: MANAGER, OWNER_KIND: "finetunejob"}
+
+
+class Refused(Exception):
+    """The job cannot run as written; its status already says why."""
+
+
+def _datasets(kube: Kube, job: FineTuneJob) -> dict[str, Dataset]:
+    found = {}
+    for ref in job.spec.datasets:
+        raw = kube.read_custom("datasets", job.metadata.namespace or "default", ref.ref)
+        if raw is not None:
+            ds = parse(Dataset, raw)
+            ds.status = parse_status(DatasetStatus, raw)
+            found[ref.ref] = ds
+    return found
+
+
+def gpu_capacity(kube: Kube, spec: FineTuneJobSpec) -> tuple[float | None, str]:
+    """GPU memory per device: the spec, else the smallest labelled node it may land on, else the setting."""
+    if spec.resources.gpu_memory_gib:
+        return spec.resources.gpu_memory_gib, "spec.resources.gpuMemoryGiB"
+    values = []
+    for labels in kube.node_labels(spec.resources.node_selector):
+        try:
+            values.append(float(labels[GPU_MEMORY_LABEL]))
+        except (KeyError, ValueError):
+            continue
+    if values:
+        return min(values), f"node label {GPU_MEMORY_LABEL}"
+    if RUNTIME.settings.gpu_memory_gib:
+        return RUNTIME.settings.gpu_memory_gib, "operator setting FINETUNE_GPU_MEMORY_GIB"
+    return None, ""
+
+
+def _expire(kube: Kube, job: FineTuneJob, status: FineTuneJobStatus) -> None:
+    """ttlSecondsAfterFinished: delete the children, keep the FineTuneJob and its status."""
+    ttl, done = job.spec.ttl_seconds_after_finished, parse_time(status.completion_time)
+    if ttl is None or done is None or datetime.now(UTC) < done + timedelta(seconds=ttl):
+        return
+    ns, name = job.metadata.namespace or "default", job.metadata.name
+    kube.delete("Job", ns, trainer_job_name(name))
+    kube.delete("Service", ns, trainer_job_name(name))
+    kube.delete("ConfigMap", ns, config_map_name(name))
+
+
+def _refuse(body: Mapping[str, Any], job: FineTuneJob, old: FineTuneJobStatus | None, verdict: Verdict,
+            estimate: float | None = None) -> Verdict:  # fmt: skip
+    status = build_job_status(
+        job.spec, old, verdict, generation=job.metadata.generation, now=now(), estimate_gib=estimate
+    )
+    write_status(PLURAL, body, old, status, verdict)
+    if verdict.phase == Phase.FAILED:
+        raise Refused(verdict.message)
+    return verdict
+
+
+def _gate(
+    kube: Kube, body: Mapping[str, Any], job: FineTuneJob, old: FineTuneJobStatus | None
+) -> float | None:
+    """Checks before the Job exists: spec, Datasets, memory preflight. Returns the memory estimate."""
+    errors = cluster_spec_errors(job.spec)
+    if errors:
+        _refuse(body, job, old, Verdict(Phase.FAILED, r.INVALID_SPEC, "; ".join(errors)))
+    waiting = dataset_gate(job.spec, _datasets(kube, job))
+    if waiting:
+        _refuse(body, job, old, waiting)
+        raise kopf.TemporaryError(waiting.message, delay=RUNTIME.settings.resync_seconds)
+    capacity, source = gpu_capacity(kube, job.spec) if job.spec.resources.gpus_per_node else (None, "")
+    try:
+        result = pf.preflight(job.spec, capacity, source)
+    except ValueError as exc:
+        _refuse(body, job, old, Verdict(Phase.FAILED, r.INVALID_SPEC, str(exc)))  # raises Refused
+        raise
+    if result.refusal:
+        _refuse(
+            body,
+            job,
+            old,
+            Verdict(Phase.FAILED, r.INSUFFICIENT_GPU_MEMORY, result.refusal),
+            result.estimate_gib,
+        )
+    return result.estimate_gib
+
+
+def _converge(kube: Kube, body: Mapping[str, Any], job: FineTuneJob) -> JobObservation:
+    """Create what is missing (adopting what exists), propagate suspend, observe the Job and its pods."""
+    ns, owner = job.metadata.namespace or "default", owner_of(job, body["metadata"]["uid"])
+    trainer = kube.read_job(ns, trainer_job_name(job.metadata.name))
+    if trainer is None:
+        datasets = list(_datasets(kube, job).values())
+        kube.create_or_adopt(build_config_map(job, datasets, owner))
+        if job.spec.resources.nodes > 1:
+            kube.create_or_adopt(build_headless_service(job, owner))
+        trainer, _ = kube.create_or_adopt(build_trainer_job(job, datasets, owner, RUNTIME.settings))
+    suspended = bool(trainer["spec"].get("suspend"))
+    # With Kueue the operator only ever suspends; admitting (un-suspending) is Kueue's job.
+    if job.spec.suspend != suspended and (job.spec.suspend or not job.spec.queue_name):
+        kube.set_job_suspend(ns, trainer["metadata"]["name"], job.spec.suspend)
+        trainer["spec"]["suspend"] = job.spec.suspend
+    pods = kube.list_pods(
+        ns, {**owner.labels(TRAINER), "batch.kubernetes.io/job-name": trainer["metadata"]["name"]}
+    )
+    return observe_job(trainer, pods)
+
+
+def _progress(kube: Kube, job: FineTuneJob, uid: str) -> dict[str, Any] | None:
+    output = job.spec.output
+    if output is None or not RUNTIME.progress_due(uid):
+        return None
+    secret = (
+        kube.secret_data(job.metadata.namespace or "default", output.credentials_secret)
+        if output.credentials_secret
+        else None
+    )
+    return read_progress(output, secret)
+
+
+def reconcile_finetunejob(body: Mapping[str, Any]) -> Verdict:
+    """Observe, compute the desired state, converge, write the status. Raises Refused for a spec that cannot run."""
+    kube = RUNTIME.api()
+    job, old = parse(FineTuneJob, body), parse_status(FineTuneJobStatus, body)
+    uid = body["metadata"]["uid"]
+    if old and old.phase in TERMINAL:
+        _expire(kube, job, old)
+        return Verdict(old.phase, "", "")
+    estimate = _gate(kube, body, job, old)
+    obs = _converge(kube, body, job)
+    verdict = job_verdict(job.spec, obs)
+    record = _progress(kube, job, uid) if verdict.phase == Phase.RUNNING else None
+    status = build_job_status(
+        job.spec,
+        old,
+        verdict,
+        generation=job.metadata.generation,
+        now=now(),
+        obs=obs,
+        record=record,
+        estimate_gib=estimate,
+    )
+    write_status(PLURAL, body, old, status, verdict)
+    return verdict
+
+
+def _run(body: Mapping[str, Any], permanent: bool) -> None:
+    """Reconcile under the object's lock. Change handlers raise kopf errors (kopf retries or stops);
+    the timer and child events only log, since the next resync retries anyway."""
+    with RUNTIME.exclusive(body["metadata"]["uid"]), measured("FineTuneJob"):
+        try:
+            reconcile_finetunejob(body)
+        except Refused as exc:
+            if permanent:
+                raise kopf.PermanentError(str(exc)) from exc
+        except kopf.TemporaryError:
+            if permanent:
+                raise
+        except ApiException as exc:
+            if exc.status != 404:  # the object was deleted while we worked: nothing left to do
+                raise
+
+
+@kopf.on.resume(*FTJ)
+@kopf.on.create(*FTJ)
+@kopf.on.update(*FTJ, field="spec")
+def finetunejob_changed(body: kopf.Body, **_: Any) -> None:
+    """Spec created or changed (suspend is the one mutable field), or the operator (re)started."""
+    _run(body, permanent=True)
+
+
+@kopf.timer(*FTJ, interval=RUNTIME.settings.resync_seconds, initial_delay=RUNTIME.settings.resync_seconds)
+def finetunejob_resync(body: kopf.Body, **_: Any) -> None:
+    """Level-based resync: Job state, pods, progress (fresh within 30 s), TTL expiry."""
+    _run(body, permanent=False)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=OWNED_JOBS)
+def trainer_job_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    """A training Job changed: reconcile its FineTuneJob now rather than at the next resync."""
+    owner = next(
+        (o for o in body["metadata"].get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"), None
+    )
+    if owner is None or event.get("type") == "DELETED":
+        return
+    parent = RUNTIME.api().read_custom(PLURAL, body["metadata"]["namespace"], owner["name"])
+    if (
+        parent is None
+        or parent["metadata"]["uid"] != owner["uid"]
+        or parent["metadata"].get("deletionTimestamp")
+    ):
+        return
+    _run(parent, permanent=False)
+
+
+@kopf.on.delete(*FTJ, optional=True)
+def finetunejob_deleted(body: kopf.Body, **_: Any) -> None:
+    """Children go with their owner (ownerReferences, background propagation); only our memory is left."""
+    RUNTIME.forget(body["metadata"]["uid"])
+    metrics.PHASES.set(PLURAL, body["metadata"]["uid"], None)

@@ -1,0 +1,144 @@
+"""What every handler shares: settings, the API client, per-object locks, status writes, events."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import kopf
+from pydantic import BaseModel, ValidationError
+
+from finetune_api.common import ApiModel
+
+from .. import metrics
+from ..kube import Kube
+from ..settings import Settings, settings_from_env
+from ..status.conditions import Verdict
+from ..status.observe import rfc3339
+
+M = TypeVar("M", bound=BaseModel)
+WARNING_PHASES = ("Failed", "Invalid")
+
+
+@dataclass
+class Runtime:
+    """The operator's process-wide state, set up by the startup handler."""
+
+    settings: Settings = field(default_factory=settings_from_env)
+    kube: Kube | None = None
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+    progress_read_at: dict[str, float] = field(default_factory=dict)
+
+    def api(self) -> Kube:
+        if self.kube is None:
+            raise kopf.TemporaryError("the operator is still starting", delay=1)
+        return self.kube
+
+    @contextmanager
+    def exclusive(self, uid: str) -> Iterator[None]:
+        """One reconcile per object at a time (the change handler and the timer may fire together)."""
+        with self._guard:
+            lock = self._locks.setdefault(uid, threading.Lock())
+        with lock:
+            yield
+
+    def forget(self, uid: str) -> None:
+        """Drop per-object state of a deleted object."""
+        with self._guard:
+            self._locks.pop(uid, None)
+        self.progress_read_at.pop(uid, None)
+
+    def progress_due(self, uid: str) -> bool:
+        """Whether the progress record is due for a read (at most once per resync interval)."""
+        now = time.monotonic()
+        if now - self.progress_read_at.get(uid, 0.0) < self.settings.resync_seconds * 0.9:
+            return False
+        self.progress_read_at[uid] = now
+        return True
+
+
+RUNTIME = Runtime()
+
+
+def now() -> str:
+    """The current time as the API writes it."""
+    return rfc3339(datetime.now(UTC))
+
+
+def parse(model: type[M], body: Mapping[str, Any]) -> M:
+    """The object as its API model, parsed once at the handler boundary.
+
+    A body the schema accepted but the model refuses (a version skew) is a permanent error.
+    """
+    raw = {k: v for k, v in dict(body).items() if k != "status"}
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise kopf.PermanentError(f"{body.get('kind')} does not match the operator's API: {exc}") from exc
+
+
+def parse_status(model: type[M], body: Mapping[str, Any]) -> M | None:
+    """The stored status as its model; None when absent or unreadable (it is then rebuilt)."""
+    raw = body.get("status")
+    if not raw:
+        return None
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError:
+        return None
+
+
+def write_status(
+    plural: str, body: Mapping[str, Any], old: ApiModel | None, new: ApiModel, verdict: Verdict
+) -> None:
+    """Patch the status when it changed; post an event when the phase or reason did."""
+    meta = body["metadata"]
+    metrics.PHASES.set(plural, meta["uid"], str(verdict.phase))
+    old_wire = old.to_wire() if old else {}
+    new_wire = new.to_wire()
+    if old_wire == new_wire:
+        return
+    # Fields that disappeared are removed explicitly (a merge patch keeps what it is not told about).
+    patch: dict[str, Any] = {k: None for k in old_wire if k not in new_wire}
+    patch.update(new_wire)
+    RUNTIME.api().patch_status(plural, meta["namespace"], meta["name"], patch)
+    before = _phase_reason(old)
+    if before != (str(verdict.phase), verdict.reason):
+        kind = (
+            "Warning"
+            if str(verdict.phase) in WARNING_PHASES or verdict.reason.endswith("Failed")
+            else "Normal"
+        )
+        kopf.event(
+            body, type=kind, reason=verdict.reason, message=f"{verdict.phase}: {verdict.message}"[:1024]
+        )
+
+
+def _phase_reason(status: ApiModel | None) -> tuple[str, str] | None:
+    if status is None:
+        return None
+    phase = getattr(status, "phase", None)
+    # Every verdict's reason lands on the Running (Validated for Datasets) condition, true or false.
+    reason = next(
+        (c.reason for c in getattr(status, "conditions", []) if c.type in ("Running", "Validated")), ""
+    )
+    return (str(phase), reason)
+
+
+@contextmanager
+def measured(kind: str) -> Iterator[None]:
+    """Time a reconcile and count its errors by class (a retry request counts too)."""
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception as exc:
+        metrics.RECONCILE_ERRORS.labels(kind=kind, error=type(exc).__name__).inc()
+        raise
+    finally:
+        metrics.RECONCILE_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)

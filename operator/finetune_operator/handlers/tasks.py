@@ -1,0 +1,166 @@
+"""Dataset (validation Job → status) and Export (waits for its FineTuneJob, then the export Job)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+
+from finetune_api.dataset import DatasetPhase, DatasetStatus
+from finetune_api.export import ExportPhase, ExportStatus
+from finetune_api.finetunejob import FineTuneJobStatus
+from finetune_api.resources import Dataset, Export, FineTuneJob
+
+from .. import metrics
+from ..builders.common import MANAGED_BY, MANAGER, Owner
+from ..builders.tasks import EXPORTER, VALIDATOR, build_export, build_validation
+from ..kube import Kube
+from ..status.observe import JobObservation, observe_job
+from ..status.tasks import dataset_status, export_gate, export_status, export_verdict
+from .runtime import RUNTIME, measured, now, parse, parse_status, write_status
+
+DATASETS: Final = ("finetune.dev", "v1alpha1", "datasets")
+EXPORTS: Final = ("finetune.dev", "v1alpha1", "exports")
+
+
+def _owner(kind: str, body: Mapping[str, Any]) -> Owner:
+    meta = body["metadata"]
+    return Owner(kind, meta["name"], meta["namespace"], meta["uid"])
+
+
+def _run_job(
+    kube: Kube, owner: Owner, component: str, config_map: dict[str, Any], job: dict[str, Any]
+) -> JobObservation:
+    """Create the ConfigMap and Job when absent (adopting on a name clash), then observe them."""
+    name = job["metadata"]["name"]
+    current = kube.read_job(owner.namespace, name)
+    if current is None:
+        kube.create_or_adopt(config_map)
+        current, _ = kube.create_or_adopt(job)
+    pods = kube.list_pods(owner.namespace, {**owner.labels(component), "batch.kubernetes.io/job-name": name})
+    return observe_job(current, pods)
+
+
+def reconcile_dataset(body: Mapping[str, Any]) -> None:
+    """Validate the Dataset's current generation once: Validating → Ready | Invalid."""
+    kube = RUNTIME.api()
+    ds, old = parse(Dataset, body), parse_status(DatasetStatus, body)
+    generation = ds.metadata.generation
+    if (
+        old
+        and old.observed_generation == generation
+        and old.phase in (DatasetPhase.READY, DatasetPhase.INVALID)
+    ):
+        metrics.PHASES.set("datasets", body["metadata"]["uid"], str(old.phase))
+        return
+    owner = _owner("Dataset", body)
+    config_map, job = build_validation(ds, owner, RUNTIME.settings)
+    obs = _run_job(kube, owner, VALIDATOR, config_map, job)
+    status, verdict = dataset_status(old, obs, generation=generation, now=now())
+    write_status("datasets", body, old, status, verdict)
+
+
+def reconcile_export(body: Mapping[str, Any]) -> None:
+    """Wait for the FineTuneJob to succeed, run the export Job, copy its outputs into the status."""
+    kube = RUNTIME.api()
+    export, old = parse(Export, body), parse_status(ExportStatus, body)
+    generation = export.metadata.generation
+    if old and old.phase in (ExportPhase.SUCCEEDED, ExportPhase.FAILED):
+        return
+    source = None
+    if export.spec.fine_tune_job_ref:
+        raw = kube.read_custom("finetunejobs", body["metadata"]["namespace"], export.spec.fine_tune_job_ref)
+        if raw is not None:
+            source = parse(FineTuneJob, raw)
+            source.status = parse_status(FineTuneJobStatus, raw)
+    gate = export_gate(export, source)
+    if gate is not None:
+        write_status(
+            "exports",
+            body,
+            old,
+            export_status(export, old, gate, None, generation=generation, now=now()),
+            gate,
+        )
+        if gate.phase == ExportPhase.FAILED:
+            raise kopf.PermanentError(gate.message)
+        raise kopf.TemporaryError(gate.message, delay=RUNTIME.settings.resync_seconds)
+    owner = _owner("Export", body)
+    config_map, job = build_export(export, source, owner, RUNTIME.settings)
+    obs = _run_job(kube, owner, EXPORTER, config_map, job)
+    verdict = export_verdict(obs)
+    write_status(
+        "exports",
+        body,
+        old,
+        export_status(export, old, verdict, obs, generation=generation, now=now()),
+        verdict,
+    )
+
+
+def _run(kind: str, body: Mapping[str, Any], permanent: bool) -> None:
+    reconcile = reconcile_dataset if kind == "Dataset" else reconcile_export
+    with RUNTIME.exclusive(body["metadata"]["uid"]), measured(kind):
+        try:
+            reconcile(body)
+        except kopf.PermanentError:
+            if permanent:
+                raise
+        except kopf.TemporaryError:
+            if permanent:
+                raise
+        except ApiException as exc:
+            if exc.status != 404:  # the object was deleted while we worked: nothing left to do
+                raise
+
+
+@kopf.on.resume(*DATASETS)
+@kopf.on.create(*DATASETS)
+@kopf.on.update(*DATASETS, field="spec")
+def dataset_changed(body: kopf.Body, **_: Any) -> None:
+    """A Dataset appeared or its spec changed: validate that generation."""
+    _run("Dataset", body, permanent=True)
+
+
+@kopf.timer(
+    *DATASETS, interval=RUNTIME.settings.resync_seconds, initial_delay=RUNTIME.settings.resync_seconds
+)
+def dataset_resync(body: kopf.Body, **_: Any) -> None:
+    """Follow the validation Job until the Dataset is Ready or Invalid."""
+    _run("Dataset", body, permanent=False)
+
+
+@kopf.on.resume(*EXPORTS)
+@kopf.on.create(*EXPORTS)
+def export_changed(body: kopf.Body, **_: Any) -> None:
+    """An Export appeared (its spec is immutable) or the operator restarted."""
+    _run("Export", body, permanent=True)
+
+
+@kopf.timer(*EXPORTS, interval=RUNTIME.settings.resync_seconds, initial_delay=RUNTIME.settings.resync_seconds)
+def export_resync(body: kopf.Body, **_: Any) -> None:
+    """Follow the FineTuneJob, then the export Job."""
+    _run("Export", body, permanent=False)
+
+
+@kopf.on.event(
+    "batch", "v1", "jobs", labels={MANAGED_BY: MANAGER, "app.kubernetes.io/component": kopf.PRESENT}
+)
+def task_job_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
+    """A validation or export Job changed: reconcile its owner now rather than at the next resync."""
+    owner = next(
+        (o for o in body["metadata"].get("ownerReferences") or [] if o.get("kind") in ("Dataset", "Export")),
+        None,
+    )
+    if owner is None or event.get("type") == "DELETED":
+        return
+    plural = "datasets" if owner["kind"] == "Dataset" else "exports"
+    parent = RUNTIME.api().read_custom(plural, body["metadata"]["namespace"], owner["name"])
+    if (
+        parent is not None
+        and parent["metadata"]["uid"] == owner["uid"]
+        and not parent["metadata"].get("deletionTimestamp")
+    ):
+        _run(owner["kind"], parent, permanent=False)

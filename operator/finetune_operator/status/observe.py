@@ -1,0 +1,140 @@
+"""What a batch/v1 Job and its pods say, read once into a typed observation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+MESSAGE_MAX = 1024
+
+
+def rfc3339(moment: datetime) -> str:
+    """``2025-01-31T12:00:00Z``: the timestamp form of the Kubernetes API."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An RFC 3339 timestamp from the API, or None."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class ContainerEnd:
+    """A terminated container of a failed or finished pod."""
+
+    pod: str
+    exit_code: int
+    reason: str
+    message: str
+    finished_at: str | None
+
+
+@dataclass(frozen=True)
+class JobObservation:
+    """The facts the status logic needs from a Job and its pods."""
+
+    name: str
+    suspended: bool = False
+    active: int = 0
+    ready: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_reason: str | None = None
+    failed_message: str = ""
+    start_time: str | None = None
+    completion_time: str | None = None
+    running_pods: int = 0
+    image_pull: tuple[str, str] | None = None
+    failures: list[ContainerEnd] = field(default_factory=list)
+    successes: list[ContainerEnd] = field(default_factory=list)
+
+    def last_message(self) -> str:
+        """The termination message of the last pod that ended (the trainer's summary), or ''."""
+        ends = sorted(self.successes + self.failures, key=lambda e: e.finished_at or "")
+        return ends[-1].message if ends else ""
+
+
+def _condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def _container_ends(pod: Mapping[str, Any]) -> list[ContainerEnd]:
+    ends = []
+    name = pod["metadata"]["name"]
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            message = (term.get("message") or "").strip()[-MESSAGE_MAX:]
+            ends.append(
+                ContainerEnd(
+                    name,
+                    int(term.get("exitCode", 0)),
+                    term.get("reason") or "",
+                    message,
+                    term.get("finishedAt"),
+                )
+            )
+    return ends
+
+
+def _image_pull(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in IMAGE_PULL_REASONS:
+            return pod["metadata"]["name"], f"{waiting['reason']}: {waiting.get('message', '')}".strip()
+    return None
+
+
+def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobObservation:
+    """Read a Job and its pods into a :class:`JobObservation`."""
+    status = job.get("status") or {}
+    failed = _condition(job, "Failed")
+    complete = _condition(job, "Complete")
+    failures: list[ContainerEnd] = []
+    successes: list[ContainerEnd] = []
+    running = 0
+    image_pull = None
+    for pod in pods:
+        phase = (pod.get("status") or {}).get("phase")
+        running += phase == "Running"
+        for end in _container_ends(pod):
+            (successes if end.exit_code == 0 else failures).append(end)
+        image_pull = image_pull or _image_pull(pod)
+    return JobObservation(
+        name=job["metadata"]["name"],
+        suspended=bool((job.get("spec") or {}).get("suspend")),
+        active=int(status.get("active") or 0),
+        ready=int(status.get("ready") or 0),
+        failed=int(status.get("failed") or 0),
+        complete=complete is not None,
+        failed_reason=(failed.get("reason") or "JobFailed") if failed else None,
+        failed_message=(failed.get("message") or "") if failed else "",
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime")
+        or (failed.get("lastTransitionTime") if failed else None),
+        running_pods=running,
+        image_pull=image_pull,
+        failures=sorted(failures, key=lambda e: e.finished_at or ""),
+        successes=successes,
+    )
+
+
+def parse_report(message: str) -> dict[str, Any] | None:
+    """A JSON object from a termination message (the trainer's summary/report), or None."""
+    text = message.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None

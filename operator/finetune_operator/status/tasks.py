@@ -1,0 +1,133 @@
+"""Status of the short-Job kinds: a Dataset from its validation report, an Export from its Job."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from finetune_api.dataset import DatasetPhase, DatasetStatus
+from finetune_api.export import ExportOutputs, ExportPhase, ExportStatus
+from finetune_api.finetunejob import Phase
+from finetune_api.resources import Export, FineTuneJob
+
+from . import reasons as r
+from .conditions import Verdict, set_conditions
+from .observe import JobObservation, parse_report
+
+REPORT_FIELDS = ("samples", "invalidSamples", "tokenStats", "preview", "errors", "preparedUri")
+
+
+def dataset_status(
+    old: DatasetStatus | None, obs: JobObservation | None, *, generation: int | None, now: str
+) -> tuple[DatasetStatus, Verdict]:
+    """A Dataset's status from its validation Job: Validating until it ends, then Ready or Invalid."""
+    status = (
+        DatasetStatus() if old is None or old.observed_generation != generation else old.model_copy(deep=True)
+    )
+    status.observed_generation = generation
+    verdict = Verdict(DatasetPhase.VALIDATING, r.VALIDATING, "validating the source")
+    report = parse_report(obs.last_message()) if obs and (obs.complete or obs.failed_reason) else None
+    if report is not None:
+        try:
+            parsed = DatasetStatus.model_validate({k: report[k] for k in REPORT_FIELDS if k in report})
+        except ValidationError as exc:
+            parsed, report = DatasetStatus(), None
+            verdict = Verdict(
+                DatasetPhase.INVALID, r.VALIDATION_FAILED, f"unreadable validation report: {exc}"
+            )
+        for name in ("samples", "invalid_samples", "token_stats", "preview", "errors", "prepared_uri"):
+            setattr(status, name, getattr(parsed, name))
+    if report is not None:
+        invalid = report.get("phase") == DatasetPhase.INVALID or (
+            obs is not None and obs.failed_reason is not None
+        )
+        message = str(report.get("message") or "")
+        if invalid:
+            first = status.errors[0] if status.errors else None
+            detail = message or (f"row {first.row}: {first.message}" if first else "the source is not usable")
+            verdict = Verdict(DatasetPhase.INVALID, r.INVALID_ROWS, detail)
+        else:
+            verdict = Verdict(DatasetPhase.READY, r.VALID, message or f"{status.samples or 0} valid samples")
+    elif obs is not None and obs.failed_reason:
+        tail = obs.last_message() or obs.failed_message
+        verdict = Verdict(DatasetPhase.INVALID, r.VALIDATION_FAILED, f"validation failed: {tail}"[:1024])
+    status.phase = DatasetPhase(verdict.phase)
+    validated = {r.VALIDATED: (status.phase == DatasetPhase.READY, verdict.reason, verdict.message)}
+    status.conditions = set_conditions(status.conditions, validated, generation, now)
+    return status, verdict
+
+
+def export_gate(export: Export, job: FineTuneJob | None) -> Verdict | None:
+    """None when the Export may run; else why it waits or fails (its FineTuneJob did)."""
+    ref = export.spec.fine_tune_job_ref
+    if ref is None:
+        return None
+    if job is None:
+        return Verdict(ExportPhase.WAITING, r.FINETUNEJOB_NOT_FOUND, f"FineTuneJob {ref!r} not found")
+    phase = job.status.phase if job.status else None
+    if phase == Phase.FAILED:
+        return Verdict(ExportPhase.FAILED, r.FINETUNEJOB_FAILED, f"FineTuneJob {ref!r} failed")
+    if phase != Phase.SUCCEEDED:
+        return Verdict(
+            ExportPhase.WAITING, r.WAITING_FOR_FINETUNEJOB, f"FineTuneJob {ref!r} is {phase or 'Pending'}"
+        )
+    return None
+
+
+def export_verdict(obs: JobObservation) -> Verdict:
+    """The phase an export Job's state stands for."""
+    if obs.complete:
+        return Verdict(ExportPhase.SUCCEEDED, r.EXPORT_SUCCEEDED, "export finished")
+    if obs.failed_reason:
+        if any(f.reason == "OOMKilled" for f in obs.failures):
+            return Verdict(
+                ExportPhase.FAILED,
+                r.OUT_OF_MEMORY,
+                "the export pod was OOMKilled; raise spec.resources.memory",
+            )
+        return Verdict(
+            ExportPhase.FAILED, r.EXPORT_FAILED, obs.last_message() or obs.failed_message or "export failed"
+        )
+    if obs.running_pods:
+        return Verdict(ExportPhase.RUNNING, r.EXPORT_RUNNING, "exporting")
+    return Verdict(ExportPhase.PENDING, r.PODS_PENDING, "waiting for the export pod to start")
+
+
+def export_status(
+    export: Export,
+    old: ExportStatus | None,
+    verdict: Verdict,
+    obs: JobObservation | None,
+    *,
+    generation: int | None,
+    now: str,
+) -> ExportStatus:
+    """The new Export status: phase, Succeeded/Failed conditions, outputs from the Job's report."""
+    status = old.model_copy(deep=True) if old else ExportStatus()
+    status.phase = ExportPhase(verdict.phase)
+    status.observed_generation = generation
+    desired = {
+        kind: (status.phase == phase, verdict.reason, verdict.message)
+        for kind, phase in (
+            (r.RUNNING, ExportPhase.RUNNING),
+            (r.SUCCEEDED, ExportPhase.SUCCEEDED),
+            (r.FAILED, ExportPhase.FAILED),
+        )
+    }
+    status.conditions = set_conditions(status.conditions, desired, generation, now)
+    if obs is not None:
+        status.job_name = obs.name
+        status.start_time = status.start_time or obs.start_time
+    if status.phase == ExportPhase.SUCCEEDED and obs is not None:
+        report = parse_report(obs.last_message()) or {}
+        base = export.spec.output.uri.rstrip("/")
+        fields = {k: report[k] for k in ("uri", "files", "sizeBytes", "manifest") if k in report}
+        try:
+            outputs = ExportOutputs.model_validate(fields)
+        except ValidationError:
+            outputs = ExportOutputs()
+        outputs.uri = outputs.uri or base
+        outputs.manifest = outputs.manifest or f"{base}/manifest.json"
+        status.outputs = outputs
+    if status.phase in (ExportPhase.SUCCEEDED, ExportPhase.FAILED):
+        status.completion_time = status.completion_time or (obs.completion_time if obs else None) or now
+    return status

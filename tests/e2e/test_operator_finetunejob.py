@@ -1,0 +1,239 @@
+"""The operator end to end on the real control plane: FineTuneJob lifecycle, status, events, metrics.
+
+The fake kubelet plays the trainer pods; the test writes the progress record the trainer would
+write to the real S3 server, and ends pods with the trainer's exit code and termination message.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from tests.e2e.test_operator_harness import Harness, OperatorProcess, operator_fixture  # noqa: F401 (fixture)
+from tests.fixtures.cluster import Cluster, wait_until
+from tests.fixtures.s3 import S3Server
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def h(cluster: Cluster, namespace: str, operator_process: OperatorProcess) -> Harness:
+    return Harness(cluster, namespace)
+
+
+def job_spec(bucket: str, s3: S3Server, **over: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"source": "tiny://llama"},
+        "datasets": [{"ref": "chats"}],
+        "method": {"stage": "sft", "finetuning": "lora"},
+        "training": {"maxSteps": 10},
+        "resources": {"gpusPerNode": 1, "memory": "8Gi"},
+        "output": {
+            "uri": f"s3://{bucket}/runs/demo",
+            "endpoint": s3.endpoint_url,
+            "credentialsSecret": "s3-creds",
+        },
+        "backoffLimit": 0,
+    }
+    spec.update(over)
+    return spec
+
+
+def test_happy_path_runs_to_succeeded_with_live_progress(
+    h: Harness, s3_server: S3Server, s3_bucket: str
+) -> None:
+    h.s3_secret(s3_server)
+    h.ready_dataset()
+    h.create("finetunejobs", "demo", job_spec(s3_bucket, s3_server), "FineTuneJob")
+
+    h.running_pods("demo-train")
+    running = h.wait_phase("finetunejobs", "demo", "Running")
+    assert running["status"]["jobName"] == "demo-train"
+    assert h.condition(running, "Running")["status"] == "True"
+    record = {"step": 5, "totalSteps": 10, "epoch": 0.5, "percent": 50.0, "loss": 1.23, "learningRate": 1e-4,
+              "tokensPerSecond": 900.0, "etaSeconds": 30, "eta": "30s", "updatedAt": "2030-01-01T00:00:00Z",
+              "phase": "Running", "lastCheckpoint": f"s3://{s3_bucket}/runs/demo/checkpoints/checkpoint-5"}  # fmt: skip
+    s3_server.client().put_object(
+        Bucket=s3_bucket, Key="runs/demo/progress.json", Body=json.dumps(record).encode()
+    )
+
+    def progressed() -> dict[str, Any] | None:
+        status = h.get("finetunejobs", "demo")["status"]
+        return status if (status.get("progress") or {}).get("step") == 5 else None
+
+    status = wait_until(progressed, 30, "status.progress from progress.json", interval_s=0.2)
+    assert status["progress"]["loss"] == 1.23 and status["progress"]["eta"] == "30s"
+    assert status["lastCheckpoint"].endswith("checkpoint-5")
+
+    summary = {**record, "step": 10, "percent": 100.0, "loss": 0.9, "phase": "Succeeded"}
+    h.finish_job_pods("demo-train", 0, message=json.dumps(summary))
+    done = h.wait_phase("finetunejobs", "demo", "Succeeded")["status"]
+    assert done["progress"]["step"] == 10 and done["progress"]["loss"] == 0.9
+    assert done["outputs"]["adapter"] == f"s3://{s3_bucket}/runs/demo/adapter"
+    assert done["completionTime"] and done["observedGeneration"] == 1
+    assert {c["type"]: c["status"] for c in done["conditions"]}["Succeeded"] == "True"
+    reasons = wait_until(
+        lambda: {e.reason for e in h.events_for("demo")} >= {"TrainingRunning", "TrainingSucceeded"} or None,
+        30, "transition events",
+    )  # fmt: skip
+    assert reasons
+    everything = json.dumps(done) + " ".join(e.message or "" for e in h.events_for("demo"))
+    assert s3_server.secret_key not in everything
+
+
+def test_semantic_errors_fail_with_a_reason_and_no_job(
+    h: Harness, s3_server: S3Server, s3_bucket: str
+) -> None:
+    h.ready_dataset()
+    no_output = job_spec(s3_bucket, s3_server)
+    del no_output["output"]
+    h.create("finetunejobs", "no-output", no_output, "FineTuneJob")
+    dpo = job_spec(
+        s3_bucket, s3_server, method={"stage": "dpo", "finetuning": "lora", "preference": {"loss": "sigmoid"}}
+    )
+    h.create("finetunejobs", "dpo-on-sft", dpo, "FineTuneJob")
+
+    failed = h.wait_phase("finetunejobs", "no-output", "Failed")
+    assert h.condition(failed, "Failed")["reason"] == "InvalidSpec"
+    assert "spec.output" in h.condition(failed, "Failed")["message"]
+    mismatch = h.wait_phase("finetunejobs", "dpo-on-sft", "Failed")
+    accepted = h.condition(mismatch, "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", "DatasetInvalid")
+    assert "spec.datasets[0].ref" in h.condition(mismatch, "Failed")["message"]
+    assert h.job("no-output-train") is None and h.job("dpo-on-sft-train") is None
+
+
+def test_invalid_dataset_reports_rows_and_fails_its_jobs(
+    h: Harness, s3_server: S3Server, s3_bucket: str
+) -> None:
+    h.create("datasets", "chats", {"source": "s3://data/bad.jsonl"}, "Dataset")
+    h.create("finetunejobs", "waits", job_spec(s3_bucket, s3_server), "FineTuneJob")
+    waiting = h.wait_phase("finetunejobs", "waits", "Preparing")
+    assert h.condition(waiting, "Ready")["reason"] == "DatasetNotReady"
+
+    report = {"phase": "Invalid", "samples": 1, "invalidSamples": 2,
+              "errors": [{"row": 1, "field": "output", "message": "missing column output"}]}  # fmt: skip
+    h.finish_job_pods("chats-validate-g1", 0, message=json.dumps(report))
+
+    ds = h.wait_phase("datasets", "chats", "Invalid")["status"]
+    assert ds["errors"][0] == {"row": 1, "field": "output", "message": "missing column output"}
+    assert ds["invalidSamples"] == 2
+    job = h.wait_phase("finetunejobs", "waits", "Failed")
+    assert h.condition(job, "Failed")["reason"] == "DatasetInvalid"
+    assert h.job("waits-train") is None
+
+
+def test_oomkilled_trainer_fails_with_out_of_memory(h: Harness, s3_server: S3Server, s3_bucket: str) -> None:
+    h.s3_secret(s3_server)
+    h.ready_dataset()
+    h.create("finetunejobs", "oom", job_spec(s3_bucket, s3_server), "FineTuneJob")
+
+    h.finish_job_pods("oom-train", 137, reason="OOMKilled")
+
+    failed = h.wait_phase("finetunejobs", "oom", "Failed")
+    assert h.condition(failed, "Failed")["reason"] == "OutOfMemory"
+    assert "8Gi" in h.condition(failed, "Failed")["message"]
+
+
+def test_retry_after_a_pod_failure_counts_a_restart(h: Harness, s3_server: S3Server, s3_bucket: str) -> None:
+    h.s3_secret(s3_server)
+    h.ready_dataset()
+    h.create("finetunejobs", "retry", job_spec(s3_bucket, s3_server, backoffLimit=1), "FineTuneJob")
+    (first,) = h.running_pods("retry-train")
+
+    h.finish_job_pods("retry-train", 1, message="CUDA error: an illegal memory access")
+    wait_until(
+        lambda: [p for p in h.running_pods("retry-train") if p.metadata.name != first.metadata.name],
+        60, "a second trainer pod",
+    )  # fmt: skip
+    wait_until(lambda: h.get("finetunejobs", "retry")["status"].get("restarts") == 1, 30, "restarts == 1")
+    h.finish_job_pods("retry-train", 0, message=json.dumps({"step": 10, "phase": "Succeeded"}))
+
+    done = h.wait_phase("finetunejobs", "retry", "Succeeded")
+    assert done["status"]["restarts"] == 1
+
+
+def test_suspend_deletes_pods_and_resume_brings_them_back(
+    h: Harness, s3_server: S3Server, s3_bucket: str
+) -> None:
+    h.s3_secret(s3_server)
+    h.ready_dataset()
+    h.create("finetunejobs", "pausable", job_spec(s3_bucket, s3_server), "FineTuneJob")
+    h.running_pods("pausable-train")
+    h.wait_phase("finetunejobs", "pausable", "Running")
+
+    h.patch_spec("finetunejobs", "pausable", {"suspend": True})
+    suspended = h.wait_phase("finetunejobs", "pausable", "Suspended")
+    assert h.condition(suspended, "Suspended")["status"] == "True"
+    assert h.batch.read_namespaced_job("pausable-train", h.ns).spec.suspend is True
+    wait_until(lambda: not h.pods("pausable-train"), 60, "pods deleted on suspend")
+
+    h.patch_spec("finetunejobs", "pausable", {"suspend": False})
+    h.running_pods("pausable-train")
+    resumed = h.wait_phase("finetunejobs", "pausable", "Running")
+    assert h.condition(resumed, "Suspended")["status"] == "False"
+
+
+def test_deleting_a_running_job_stops_its_pods(h: Harness, s3_server: S3Server, s3_bucket: str) -> None:
+    h.s3_secret(s3_server)
+    h.ready_dataset()
+    h.create("finetunejobs", "doomed", job_spec(s3_bucket, s3_server), "FineTuneJob")
+    h.running_pods("doomed-train")
+
+    h.custom.delete_namespaced_custom_object("finetune.dev", "v1alpha1", h.ns, "finetunejobs", "doomed")
+
+    wait_until(lambda: h.job("doomed-train") is None, 60, "Job garbage-collected")
+    wait_until(lambda: not h.pods("doomed-train"), 60, "pods gone")
+    with pytest.raises(ApiException) as missing:
+        h.get("finetunejobs", "doomed")
+    assert missing.value.status == 404
+
+
+def test_ttl_deletes_children_and_keeps_the_status(h: Harness, s3_server: S3Server, s3_bucket: str) -> None:
+    h.s3_secret(s3_server)
+    h.ready_dataset()
+    h.create(
+        "finetunejobs", "short", job_spec(s3_bucket, s3_server, ttlSecondsAfterFinished=0), "FineTuneJob"
+    )
+    h.finish_job_pods("short-train", 0, message=json.dumps({"step": 10, "phase": "Succeeded"}))
+
+    h.wait_phase("finetunejobs", "short", "Succeeded")
+    wait_until(lambda: h.job("short-train") is None, 60, "Job deleted after the TTL")
+    assert h.get("finetunejobs", "short")["status"]["phase"] == "Succeeded"
+
+
+def test_preflight_refuses_a_job_that_cannot_fit(h: Harness, s3_server: S3Server, s3_bucket: str) -> None:
+    h.ready_dataset()
+    big = job_spec(
+        s3_bucket, s3_server,
+        model={"source": "hf://meta-llama/Llama-3.1-8B"},
+        method={"stage": "sft", "finetuning": "full"},
+        resources={"gpusPerNode": 1, "gpuMemoryGiB": 24},
+    )  # fmt: skip
+    h.create("finetunejobs", "too-big", big, "FineTuneJob")
+
+    failed = h.wait_phase("finetunejobs", "too-big", "Failed")
+    assert h.condition(failed, "Failed")["reason"] == "InsufficientGPUMemory"
+    assert "24 GiB" in h.condition(failed, "Failed")["message"]
+    assert failed["status"]["gpuMemoryEstimateGiB"] > 24
+    assert h.job("too-big-train") is None
+
+
+def test_metrics_and_liveness(h: Harness, operator_process: OperatorProcess) -> None:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{operator_process.health_port}/healthz", timeout=5
+    ) as resp:
+        assert resp.status == 200
+    h.create("datasets", "chats", {"source": "s3://data/x.jsonl"}, "Dataset")
+    h.wait_phase("datasets", "chats", "Validating")
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{operator_process.metrics_port}/metrics", timeout=5
+    ) as resp:
+        text = resp.read().decode()
+    assert 'finetune_operator_reconcile_duration_seconds_count{kind="Dataset"}' in text
+    assert 'finetune_operator_api_calls_total{code="200",resource="jobs",verb="create"}' in text
+    assert 'finetune_operator_objects{kind="datasets",phase="Validating"}' in text

@@ -1,0 +1,122 @@
+"""The operator end to end: Job shapes (multi-node, Kueue), Export chaining, and a restart mid-run."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.e2e.test_operator_finetunejob import job_spec
+from tests.e2e.test_operator_harness import Harness, OperatorProcess, operator_fixture  # noqa: F401 (fixture)
+from tests.fixtures.cluster import Cluster, wait_until
+from tests.fixtures.s3 import S3Server
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def h(cluster: Cluster, namespace: str, operator_process: OperatorProcess) -> Harness:
+    return Harness(cluster, namespace)
+
+
+def test_multi_node_job_is_indexed_with_a_headless_service(
+    h: Harness, s3_server: S3Server, s3_bucket: str
+) -> None:
+    h.s3_secret(s3_server)
+    h.ready_dataset()
+    spec = job_spec(
+        s3_bucket, s3_server, resources={"nodes": 2, "gpusPerNode": 4}, distributed={"deepspeed": "zero2"}
+    )
+    h.create("finetunejobs", "wide", spec, "FineTuneJob")
+
+    pods = h.running_pods("wide-train", count=2)
+    job = h.batch.read_namespaced_job("wide-train", h.ns)
+    assert job.spec.completion_mode == "Indexed" and job.spec.completions == 2
+    service = h.core.read_namespaced_service("wide-train", h.ns)
+    assert service.spec.cluster_ip == "None"
+    assert {p.spec.hostname for p in pods} == {"wide-train-0", "wide-train-1"}
+    assert {p.spec.subdomain for p in pods} == {"wide-train"}
+    command = pods[0].spec.containers[0].command
+    assert command[:3] == ["torchrun", "--nnodes", "2"] and "$(JOB_COMPLETION_INDEX)" in command
+    assert pods[0].spec.containers[0].resources.limits["nvidia.com/gpu"] == "4"
+    h.wait_phase("finetunejobs", "wide", "Running")
+
+
+def test_kueue_queue_label_created_suspended_until_admitted(
+    h: Harness, s3_server: S3Server, s3_bucket: str
+) -> None:
+    h.s3_secret(s3_server)
+    h.ready_dataset()
+    h.create("finetunejobs", "queued", job_spec(s3_bucket, s3_server, queueName="gpu-queue"), "FineTuneJob")
+
+    pending = h.wait_phase("finetunejobs", "queued", "Pending")
+    assert h.condition(pending, "Running")["reason"] == "WaitingForAdmission"
+    job = h.batch.read_namespaced_job("queued-train", h.ns)
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert job.spec.suspend is True and not h.pods("queued-train")
+
+    # What Kueue does on admission; the operator must not suspend it again.
+    h.batch.patch_namespaced_job("queued-train", h.ns, {"spec": {"suspend": False}})
+    h.running_pods("queued-train")
+    h.wait_phase("finetunejobs", "queued", "Running")
+    assert h.batch.read_namespaced_job("queued-train", h.ns).spec.suspend is False
+
+
+def test_export_waits_for_its_job_then_runs(h: Harness, s3_server: S3Server, s3_bucket: str) -> None:
+    h.s3_secret(s3_server)
+    h.ready_dataset()
+    export: dict[str, Any] = {"fineTuneJobRef": "base", "merge": True,
+                              "output": {"uri": f"s3://{s3_bucket}/merged", "credentialsSecret": "s3-creds"}}  # fmt: skip
+    h.create("exports", "merged", export, "Export")
+    waiting = h.wait_phase("exports", "merged", "Waiting")
+    assert h.condition(waiting, "Running")["reason"] == "FineTuneJobNotFound"
+
+    h.create("finetunejobs", "base", job_spec(s3_bucket, s3_server), "FineTuneJob")
+    h.wait_phase("exports", "merged", "Waiting")
+    assert h.job("merged-export") is None
+    h.finish_job_pods("base-train", 0, message=json.dumps({"step": 10, "phase": "Succeeded"}))
+    h.wait_phase("finetunejobs", "base", "Succeeded")
+
+    report = {"uri": f"s3://{s3_bucket}/merged", "sizeBytes": 12,
+              "files": [{"path": "model.safetensors", "size": 12, "sha256": "0" * 64}]}  # fmt: skip
+    h.finish_job_pods("merged-export", 0, message=json.dumps(report))
+    done = h.wait_phase("exports", "merged", "Succeeded")["status"]
+    assert done["outputs"]["files"][0]["path"] == "model.safetensors"
+    assert done["outputs"]["manifest"] == f"s3://{s3_bucket}/merged/manifest.json"
+    cm = h.core.read_namespaced_config_map("merged-export", h.ns)
+    assert "kind: FineTuneJob" in cm.data["export.yaml"]
+
+
+def test_operator_killed_then_restarted_makes_no_duplicates(
+    h: Harness,
+    operator_process: OperatorProcess,
+    s3_server: S3Server,
+    s3_bucket: str,
+) -> None:
+    h.s3_secret(s3_server)
+    h.ready_dataset()
+    h.create("finetunejobs", "first", job_spec(s3_bucket, s3_server), "FineTuneJob")
+    h.running_pods("first-train")
+    operator_process.kill()
+    # While it is down: a job whose ConfigMap was created just before the crash (an orphan by name).
+    h.create("finetunejobs", "second", job_spec(s3_bucket, s3_server), "FineTuneJob")
+    h.core.create_namespaced_config_map(
+        h.ns, {"metadata": {"name": "second-spec"}, "data": {"job.yaml": "stale"}}
+    )
+
+    operator_process.start()
+
+    h.wait_phase("finetunejobs", "first", "Running")
+    h.running_pods("second-train")
+    h.wait_phase("finetunejobs", "second", "Running")
+    jobs = h.batch.list_namespaced_job(h.ns, label_selector="app.kubernetes.io/component=trainer").items
+    assert sorted(j.metadata.name for j in jobs) == ["first-train", "second-train"]
+    assert len(h.pods("first-train")) == 1
+    adopted = h.core.read_namespaced_config_map("second-spec", h.ns)
+    second_uid = h.get("finetunejobs", "second")["metadata"]["uid"]
+    assert [o.uid for o in adopted.metadata.owner_references] == [second_uid]
+    assert "kind: FineTuneJob" in adopted.data["job.yaml"], (
+        "an adopted ConfigMap converges to the desired content"
+    )
+    wait_until(lambda: h.get("finetunejobs", "first")["status"]["phase"] == "Running", 10, "status kept")

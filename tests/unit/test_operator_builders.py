@@ -1,0 +1,190 @@
+"""The operator's pure builders: FineTuneJob / Dataset / Export in, Kubernetes manifests out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_api.resources import Dataset, Export, FineTuneJob
+from finetune_operator.builders.common import QUEUE_LABEL, Owner, child_name
+from finetune_operator.builders.tasks import build_export, build_validation, validation_name
+from finetune_operator.builders.training import (
+    build_config_map,
+    build_headless_service,
+    build_trainer_job,
+    trainer_command,
+)
+from finetune_operator.settings import Settings, settings_from_env
+
+SETTINGS = Settings(trainer_image="registry.example/trainer:1")
+
+
+def make_job(**spec: Any) -> FineTuneJob:
+    base: dict[str, Any] = {
+        "model": {"source": "tiny://llama"},
+        "datasets": [{"ref": "chats"}],
+        "method": {"stage": "sft", "finetuning": "lora"},
+        "output": {"uri": "s3://bucket/run", "endpoint": "http://s3:9000", "credentialsSecret": "s3-creds"},
+    }
+    base.update(spec)
+    return FineTuneJob.model_validate(
+        {"metadata": {"name": "demo", "namespace": "team", "generation": 1}, "spec": base}
+    )
+
+
+def make_dataset(name: str = "chats", **spec: Any) -> Dataset:
+    return Dataset.model_validate(
+        {
+            "metadata": {"name": name, "namespace": "team", "generation": 3},
+            "spec": {"source": "s3://d/x.jsonl", **spec},
+        }
+    )
+
+
+OWNER = Owner("FineTuneJob", "demo", "team", "uid-1")
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_of(job: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(job)["env"]}
+
+
+def test_single_gpu_job_runs_finetune_run_hardened_and_owned() -> None:
+    job = build_trainer_job(make_job(), [make_dataset()], OWNER, SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    c = container(job)
+    assert job["metadata"]["name"] == "demo-train"
+    assert job["metadata"]["ownerReferences"] == [OWNER.reference()]
+    assert job["metadata"]["ownerReferences"][0]["controller"] is True
+    assert c["command"] == ["finetune", "run", "/etc/finetune/job.yaml"]
+    assert c["image"] == "registry.example/trainer:1"
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert {"/tmp", "/var/cache/finetune", "/etc/finetune", "/dev/shm"} <= mounts
+    assert job["spec"]["backoffLimit"] == 2
+    assert job["spec"]["suspend"] is False
+    assert "completionMode" not in job["spec"]
+    assert "ttlSecondsAfterFinished" not in job["spec"]  # the operator expires children itself
+
+
+def test_credentials_are_references_never_values() -> None:
+    ds = make_dataset(credentialsSecret="hf")
+    job = build_trainer_job(
+        make_job(model={"source": "hf://org/m-1B", "credentialsSecret": "hf"}), [ds], OWNER, SETTINGS
+    )
+    env = env_of(job)
+    assert env["FINETUNE_OUTPUT_URI"] == "s3://bucket/run"
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://s3:9000"
+    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "accessKeyId"}}
+    assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3-creds", "key": "secretAccessKey"}}
+    assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "HF_TOKEN", "optional": True}}
+    secrets = [v["secret"]["secretName"] for v in job["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert sorted(set(secrets)) == ["hf", "s3-creds"]
+
+
+def test_scheduling_and_resources_come_from_the_spec() -> None:
+    resources = {
+        "gpusPerNode": 4, "gpuResourceName": "amd.com/gpu", "cpu": "16", "memory": "128Gi",
+        "nodeSelector": {"pool": "gpu"}, "priorityClassName": "high",
+        "tolerations": [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"x": 1}},
+    }  # fmt: skip
+    job = build_trainer_job(make_job(resources=resources, activeDeadlineSeconds=60), [], OWNER, SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    assert container(job)["resources"]["limits"] == {"cpu": "16", "memory": "128Gi", "amd.com/gpu": "4"}
+    assert container(job)["resources"]["requests"] == container(job)["resources"]["limits"]
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["affinity"] == {"nodeAffinity": {"x": 1}}
+    assert pod["priorityClassName"] == "high"
+    assert job["spec"]["activeDeadlineSeconds"] == 60
+    assert container(job)["command"][:4] == ["torchrun", "--standalone", "--nproc-per-node", "4"]
+
+
+def test_multi_node_is_an_indexed_job_with_a_headless_service_and_torchrun() -> None:
+    spec = make_job(resources={"nodes": 3, "gpusPerNode": 8})
+    job = build_trainer_job(spec, [], OWNER, SETTINGS)
+    svc = build_headless_service(spec, OWNER)
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
+    assert job["spec"]["template"]["spec"]["subdomain"] == svc["metadata"]["name"] == "demo-train"
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    cmd = trainer_command(spec)
+    assert cmd[cmd.index("--nnodes") + 1] == "3"
+    assert cmd[cmd.index("--nproc-per-node") + 1] == "8"
+    assert cmd[cmd.index("--node-rank") + 1] == "$(JOB_COMPLETION_INDEX)"
+    assert env_of(job)["MASTER_ADDR"] == "demo-train-0.demo-train"
+    assert cmd[-3:] == ["-m", "finetune_trainer.run", "/etc/finetune/job.yaml"]
+
+
+def test_kueue_queue_label_and_created_suspended() -> None:
+    job = build_trainer_job(make_job(queueName="gpu-queue"), [], OWNER, SETTINGS)
+    assert job["metadata"]["labels"][QUEUE_LABEL] == "gpu-queue"
+    assert job["spec"]["suspend"] is True
+    assert build_trainer_job(make_job(suspend=True), [], OWNER, SETTINGS)["spec"]["suspend"] is True
+
+
+def test_config_map_holds_the_job_and_resolved_datasets() -> None:
+    cm = build_config_map(make_job(), [make_dataset()], OWNER)
+    docs = list(yaml.safe_load_all(cm["data"]["job.yaml"]))
+    assert [d["kind"] for d in docs] == ["FineTuneJob", "Dataset"]
+    assert FineTuneJob.model_validate(docs[0]).spec == make_job().spec
+    assert Dataset.model_validate(docs[1]).spec == make_dataset().spec
+    assert cm["metadata"]["ownerReferences"] == [OWNER.reference()]
+
+
+@pytest.mark.parametrize("owner", ["a" * 253, "9lives", "x.y.z"])
+def test_child_names_are_deterministic_dns_labels(owner: str) -> None:
+    name = child_name(owner, "train")
+    assert name == child_name(owner, "train")
+    assert len(name) <= 52 and name[0].isalpha() and "." not in name
+    assert child_name("a" * 253, "train") != child_name("a" * 252 + "b", "train")
+
+
+def test_validation_job_per_generation_reports_by_termination_message() -> None:
+    ds = make_dataset(credentialsSecret="s3-creds", endpoint="http://s3:9000")
+    owner = Owner("Dataset", "chats", "team", "uid-2")
+    cm, job = build_validation(ds, owner, SETTINGS)
+    assert job["metadata"]["name"] == validation_name(ds) == "chats-validate-g3"
+    assert container(job)["command"] == ["finetune", "validate-data", "/etc/finetune/dataset.yaml"]
+    assert container(job)["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert "nvidia.com/gpu" not in container(job)["resources"]["limits"]
+    assert env_of(job)["FINETUNE_S3_CREDENTIALS_DIR"] == "/var/run/secrets/finetune/dataset"
+    assert yaml.safe_load(cm["data"]["dataset.yaml"])["spec"]["source"] == "s3://d/x.jsonl"
+
+
+def test_export_job_carries_the_export_and_its_finetunejob() -> None:
+    export = Export.model_validate(
+        {"metadata": {"name": "merged", "namespace": "team"},
+         "spec": {"fineTuneJobRef": "demo", "output": {"uri": "s3://b/merged", "credentialsSecret": "s3-creds"}}}
+    )  # fmt: skip
+    cm, job = build_export(export, make_job(), Owner("Export", "merged", "team", "u3"), SETTINGS)
+    docs = list(yaml.safe_load_all(cm["data"]["export.yaml"]))
+    assert [d["kind"] for d in docs] == ["Export", "FineTuneJob"]
+    assert container(job)["command"] == ["finetune", "export", "/etc/finetune/export.yaml"]
+    assert env_of(job)["FINETUNE_OUTPUT_URI"] == "s3://b/merged"
+
+
+def test_settings_from_env() -> None:
+    s = settings_from_env(
+        {"FINETUNE_WATCH_NAMESPACES": "a, b", "FINETUNE_GPU_MEMORY_GIB": "80", "FINETUNE_RESYNC_SECONDS": "2"}
+    )
+    assert s.namespaces == ("a", "b")
+    assert s.gpu_memory_gib == 80.0
+    assert s.resync_seconds == 2.0
+    assert settings_from_env({}).namespaces == ()

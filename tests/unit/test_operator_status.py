@@ -1,0 +1,239 @@
+"""The operator's pure status logic and GPU-memory preflight."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from finetune_api.dataset import DatasetPhase
+from finetune_api.export import ExportPhase
+from finetune_api.finetunejob import FineTuneJobSpec, Phase
+from finetune_api.resources import Dataset, Export, FineTuneJob
+from finetune_operator import preflight as pf
+from finetune_operator.status import reasons as r
+from finetune_operator.status.finetunejob import (
+    build_job_status,
+    cluster_spec_errors,
+    dataset_gate,
+    job_verdict,
+)
+from finetune_operator.status.observe import observe_job
+from finetune_operator.status.tasks import dataset_status, export_gate, export_status, export_verdict
+
+NOW = "2030-01-01T00:00:00Z"
+
+
+def spec(**over: Any) -> FineTuneJobSpec:
+    base: dict[str, Any] = {
+        "model": {"source": "tiny://llama"},
+        "datasets": [{"ref": "chats"}],
+        "method": {"stage": "sft", "finetuning": "lora"},
+        "output": {"uri": "s3://bucket/run"},
+        "backoffLimit": 0,
+    }
+    base.update(over)
+    return FineTuneJobSpec.model_validate(base)
+
+
+def k8s_job(conditions: list[dict[str, str]] = (), suspend: bool = False, **status: Any) -> dict[str, Any]:  # type: ignore[assignment]
+    return {
+        "metadata": {"name": "demo-train"},
+        "spec": {"suspend": suspend},
+        "status": {"conditions": [{"status": "True", **c} for c in conditions], **status},
+    }
+
+
+def pod(
+    phase: str, terminated: dict[str, Any] | None = None, waiting: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    state = {"terminated": terminated} if terminated else {"waiting": waiting} if waiting else {"running": {}}
+    return {
+        "metadata": {"name": "demo-train-abc"},
+        "status": {"phase": phase, "containerStatuses": [{"state": state}]},
+    }
+
+
+def test_oomkilled_container_fails_with_out_of_memory() -> None:
+    obs = observe_job(
+        k8s_job([{"type": "Failed", "reason": "BackoffLimitExceeded"}], failed=1),
+        [pod("Failed", {"exitCode": 137, "reason": "OOMKilled"})],
+    )
+    verdict = job_verdict(spec(resources={"memory": "8Gi"}), obs)
+    assert (verdict.phase, verdict.reason) == (Phase.FAILED, r.OUT_OF_MEMORY)
+    assert "8Gi" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("condition", "reason"),
+    [("BackoffLimitExceeded", r.BACKOFF_LIMIT_EXCEEDED), ("DeadlineExceeded", r.DEADLINE_EXCEEDED)],
+)
+def test_job_failure_reasons(condition: str, reason: str) -> None:
+    obs = observe_job(
+        k8s_job([{"type": "Failed", "reason": condition}]),
+        [pod("Failed", {"exitCode": 1, "reason": "Error"})],
+    )
+    assert job_verdict(spec(), obs).reason == reason
+
+
+def test_running_suspended_kueue_image_pull_and_restart() -> None:
+    assert job_verdict(spec(), observe_job(k8s_job(active=1), [pod("Running")])).phase == Phase.RUNNING
+    suspended = observe_job(k8s_job(suspend=True), [])
+    assert job_verdict(spec(suspend=True), suspended).reason == r.SUSPENDED_BY_USER
+    assert job_verdict(spec(queueName="q"), suspended).reason == r.WAITING_FOR_ADMISSION
+    pull = observe_job(
+        k8s_job(active=1), [pod("Pending", waiting={"reason": "ImagePullBackOff", "message": "nope"})]
+    )
+    assert job_verdict(spec(), pull).reason == r.IMAGE_PULL_FAILED
+    retry = observe_job(k8s_job(active=1, failed=1), [pod("Failed", {"exitCode": 1, "reason": "Error"})])
+    assert job_verdict(spec(backoffLimit=2), retry).reason == r.RESTARTING
+
+
+def test_success_status_has_outputs_progress_and_conditions() -> None:
+    summary = {"step": 20, "totalSteps": 20, "percent": 100.0, "loss": 1.5, "phase": "Succeeded",
+               "lastCheckpoint": "s3://bucket/run/checkpoints/checkpoint-20"}  # fmt: skip
+    obs = observe_job(
+        k8s_job([{"type": "Complete"}], succeeded=1, startTime="2030-01-01T00:00:00Z", completionTime=NOW),
+        [pod("Succeeded", {"exitCode": 0, "reason": "Completed", "message": json.dumps(summary)})],
+    )
+    s = spec()
+    verdict = job_verdict(s, obs)
+    status = build_job_status(s, None, verdict, generation=1, now=NOW, obs=obs)
+    assert status.phase == Phase.SUCCEEDED
+    assert status.progress is not None and status.progress.step == 20 and status.progress.loss == 1.5
+    assert status.last_checkpoint == "s3://bucket/run/checkpoints/checkpoint-20"
+    assert status.outputs is not None and status.outputs.adapter == "s3://bucket/run/adapter"
+    assert status.completion_time == NOW and status.observed_generation == 1
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conditions[r.SUCCEEDED] == ("True", r.TRAINING_SUCCEEDED)
+    assert conditions[r.FAILED][0] == "False"
+    assert conditions[r.ACCEPTED] == ("True", r.SPEC_ACCEPTED)
+
+
+def test_transition_time_moves_only_when_a_condition_flips() -> None:
+    s = spec()
+    running = observe_job(k8s_job(active=1), [pod("Running")])
+    first = build_job_status(
+        s, None, job_verdict(s, running), generation=1, now="2030-01-01T00:00:00Z", obs=running
+    )
+    again = build_job_status(
+        s, first, job_verdict(s, running), generation=1, now="2030-01-01T01:00:00Z", obs=running
+    )
+    assert first.conditions == again.conditions
+    record = {
+        "step": 5,
+        "totalSteps": 10,
+        "percent": 50.0,
+        "loss": 2.0,
+        "eta": "1m",
+        "phase": "Running",
+        "message": "x",
+    }
+    fresh = build_job_status(
+        s, again, job_verdict(s, running), generation=1, now=NOW, obs=running, record=record
+    )
+    assert fresh.progress is not None and fresh.progress.percent == 50.0 and fresh.progress.eta == "1m"
+
+
+def test_cluster_spec_errors_and_dataset_gate() -> None:
+    assert cluster_spec_errors(spec()) == []
+    assert "spec.output" in cluster_spec_errors(spec(output=None))[0]
+    assert "s3://" in cluster_spec_errors(spec(output={"uri": "file://runs/x"}))[0]
+    ready = Dataset.model_validate(
+        {"metadata": {"name": "chats", "generation": 1}, "spec": {"source": "s3://d/x"},
+         "status": {"phase": "Ready", "observedGeneration": 1}}
+    )  # fmt: skip
+    assert dataset_gate(spec(), {"chats": ready}) is None
+    missing = dataset_gate(spec(), {})
+    assert missing is not None and missing.reason == r.DATASET_NOT_READY
+    dpo = spec(method={"stage": "dpo", "finetuning": "lora", "preference": {"loss": "sigmoid"}})
+    mismatch = dataset_gate(dpo, {"chats": ready})
+    assert mismatch is not None and (mismatch.phase, mismatch.reason) == (Phase.FAILED, r.DATASET_INVALID)
+    assert "spec.datasets[0].ref" in mismatch.message
+    invalid = ready.model_copy(deep=True)
+    assert invalid.status is not None
+    invalid.status.phase = DatasetPhase.INVALID
+    assert dataset_gate(spec(), {"chats": invalid}).reason == r.DATASET_INVALID  # type: ignore[union-attr]
+
+
+def test_dataset_status_from_the_validation_report() -> None:
+    report = {"phase": "Invalid", "samples": 3, "invalidSamples": 1,
+              "errors": [{"row": 2, "field": "output", "message": "missing"}], "preview": ["a"]}  # fmt: skip
+    obs = observe_job(
+        k8s_job([{"type": "Complete"}]), [pod("Succeeded", {"exitCode": 0, "message": json.dumps(report)})]
+    )
+    status, verdict = dataset_status(None, obs, generation=2, now=NOW)
+    assert status.phase == DatasetPhase.INVALID and verdict.reason == r.INVALID_ROWS
+    assert status.errors[0].row == 2 and "row 2" in verdict.message
+    ok = observe_job(
+        k8s_job([{"type": "Complete"}]),
+        [pod("Succeeded", {"exitCode": 0, "message": json.dumps({"samples": 9})})],
+    )
+    status, _ = dataset_status(None, ok, generation=2, now=NOW)
+    assert status.phase == DatasetPhase.READY and status.samples == 9 and status.observed_generation == 2
+    crashed = observe_job(
+        k8s_job([{"type": "Failed", "reason": "BackoffLimitExceeded"}]),
+        [pod("Failed", {"exitCode": 1, "message": "Traceback: boom"})],
+    )
+    status, verdict = dataset_status(None, crashed, generation=2, now=NOW)
+    assert status.phase == DatasetPhase.INVALID and "boom" in verdict.message
+
+
+def test_export_waits_for_its_job_then_reports_outputs() -> None:
+    export = Export.model_validate(
+        {"metadata": {"name": "m"}, "spec": {"fineTuneJobRef": "demo", "output": {"uri": "s3://b/m"}}}
+    )
+    assert export_gate(export, None).reason == r.FINETUNEJOB_NOT_FOUND  # type: ignore[union-attr]
+    job = FineTuneJob.model_validate(
+        {"metadata": {"name": "demo"}, "spec": spec().to_wire(), "status": {"phase": "Running"}}
+    )
+    assert export_gate(export, job).phase == ExportPhase.WAITING  # type: ignore[union-attr]
+    assert job.status is not None
+    job.status.phase = Phase.SUCCEEDED
+    assert export_gate(export, job) is None
+    report = {"files": [{"path": "model.safetensors", "size": 10, "sha256": "ab"}], "sizeBytes": 10}
+    obs = observe_job(
+        k8s_job([{"type": "Complete"}]), [pod("Succeeded", {"exitCode": 0, "message": json.dumps(report)})]
+    )
+    status = export_status(export, None, export_verdict(obs), obs, generation=1, now=NOW)
+    assert status.phase == ExportPhase.SUCCEEDED
+    assert status.outputs is not None and status.outputs.size_bytes == 10
+    assert status.outputs.manifest == "s3://b/m/manifest.json"
+
+
+def test_preflight_refuses_full_finetuning_of_8b_on_a_24gib_gpu() -> None:
+    full = spec(
+        model={"source": "hf://meta-llama/Llama-3.1-8B"}, method={"stage": "sft", "finetuning": "full"}
+    )
+    result = pf.preflight(full, 24.0, "spec.resources.gpuMemoryGiB")
+    assert result.refusal is not None and result.estimate_gib is not None and result.estimate_gib > 100
+    assert "24 GiB" in result.refusal and "spec.resources.gpuMemoryGiB" in result.refusal
+
+
+def test_preflight_numbers_move_the_right_way() -> None:
+    def gib(**over: Any) -> float:
+        over.setdefault("model", {"source": "hf://Qwen/Qwen2.5-7B"})
+        estimate = pf.preflight(spec(**over), None).estimate_gib
+        assert estimate is not None
+        return estimate
+
+    lora = gib()
+    assert gib(model={"source": "hf://Qwen/Qwen2.5-7B", "quantization": {"bits": 4}}) < lora
+    assert gib(method={"stage": "sft", "finetuning": "full"}) > 3 * lora
+    full_zero3 = gib(
+        method={"stage": "sft", "finetuning": "full"},
+        resources={"gpusPerNode": 8},
+        distributed={"deepspeed": "zero3"},
+    )
+    assert full_zero3 < gib(method={"stage": "sft", "finetuning": "full"}, resources={"gpusPerNode": 8})
+    assert gib(training={"perDeviceBatchSize": 16}) > lora
+    assert 10 < lora < 40
+
+
+def test_preflight_tiny_models_fit_and_unknown_sizes_are_skipped() -> None:
+    tiny = pf.preflight(spec(), 2.0, "x")
+    assert tiny.refusal is None and tiny.estimate_gib is not None and tiny.estimate_gib < 2.0
+    assert pf.preflight(spec(model={"source": "s3://models/mine"}), 1.0).estimate_gib is None
+    with pytest.raises(ValueError, match="tiny://"):
+        pf.preflight(spec(model={"source": "tiny://llama?layers=x"}), None)
