@@ -10,7 +10,7 @@ It reports *every* error with its field path, in three passes over one manifest:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -211,7 +211,7 @@ def check_dataset_refs(
 
 
 def validate_documents(
-    documents: list[Mapping[str, Any]], *, require_datasets: bool = False
+    documents: Sequence[Mapping[str, Any]], *, require_datasets: bool = False
 ) -> dict[int, list[FieldError]]:
     """Validate the manifests of one file (or set of files) together: each one alone, then the
     FineTuneJobs' Dataset references against the Datasets among them (a missing one is an error only

@@ -12,10 +12,10 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from finetune_api.common import OutputSpec
+from finetune_api.progress import PROGRESS_KEY
 
 from . import metrics
 
-PROGRESS_KEY = "progress.json"
 log = logging.getLogger(__name__)
 # Short timeouts and one retry: a slow store delays this one reading, never a reconcile for long.
 _CONFIG = Config(

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.operator_harness import Harness, OperatorProcess, operator_fixture  # noqa: F401 (fixture)
 from tests.e2e.test_operator_finetunejob import job_spec
-from tests.e2e.test_operator_harness import Harness, OperatorProcess, operator_fixture  # noqa: F401 (fixture)
 from tests.fixtures.cluster import Cluster, wait_until
 from tests.fixtures.s3 import S3Server
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from finetune_api.dataset import DatasetPhase
 from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, JobOutputs, Phase, TrainingProgress
+from finetune_api.progress import ProgressRecord
 from finetune_api.resources import Dataset
 from finetune_api.validation import check_dataset_refs
 
@@ -15,7 +16,6 @@ from .conditions import Verdict, set_conditions
 from .observe import JobObservation, parse_report
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
-PROGRESS_FIELDS = {f.alias or n for n, f in TrainingProgress.model_fields.items()}
 
 
 def cluster_spec_errors(spec: FineTuneJobSpec) -> list[str]:
@@ -149,11 +149,10 @@ def job_conditions(verdict: Verdict) -> dict[str, tuple[bool, str, str]]:
 def progress_from_record(record: Mapping[str, Any]) -> tuple[TrainingProgress | None, str | None]:
     """``status.progress`` and the last checkpoint from the trainer's progress record (camelCase JSON)."""
     try:
-        progress = TrainingProgress.model_validate({k: v for k, v in record.items() if k in PROGRESS_FIELDS})
+        parsed = ProgressRecord.model_validate(record)
     except ValueError:
         return None, None
-    checkpoint = record.get("lastCheckpoint")
-    return progress, checkpoint if isinstance(checkpoint, str) and checkpoint else None
+    return parsed.progress(), parsed.last_checkpoint or None
 
 
 def outputs_for(uri: str, phase: Phase) -> JobOutputs:

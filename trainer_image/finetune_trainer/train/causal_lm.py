@@ -50,6 +50,8 @@ def run_causal_lm(ws: Workspace, datasets: Sequence[DatasetConfig], documents: l
         precision=spec.training.precision,
         gradient_checkpointing=spec.training.gradient_checkpointing,
     )
+    # The KV cache is for generation; with it on, transformers drops the packed per-sample mask.
+    loaded.model.config.use_cache = False
     model = prepare_model_for_training(
         loaded.model, spec.method, adapter=loaded.adapter_path, vocab_resized=loaded.vocab_resized
     )
@@ -64,7 +66,7 @@ def run_causal_lm(ws: Workspace, datasets: Sequence[DatasetConfig], documents: l
         data_collator=make_collator(processing, loaded.tokenizer),
         processing_class=loaded.tokenizer,
         optimizers=(optimizer, None),
-        callbacks=ws.callbacks(),  # type: ignore[arg-type]
+        callbacks=ws.callbacks(),
     )
     trainer.remove_callback(PrinterCallback)  # our progress bar and trainer_log.jsonl report the logs
     resume = ws.resume_checkpoint()
