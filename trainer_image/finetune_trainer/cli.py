@@ -77,6 +77,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_from_files(args.files, job_name=args.job, output=args.output)
 
 
+def cmd_validate_data(args: argparse.Namespace) -> int:
+    """Check Datasets' rows (and token lengths with --model) as the operator's validation Job does."""
+    from .datacheck import validate_data_from_files
+
+    return validate_data_from_files(args.files, model=args.model, cutoff_len=args.cutoff_len)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Export locally, exactly as the export pod would."""
     from .export import export_from_files  # arrives with the export issue
@@ -111,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job", help="which FineTuneJob to run when the files hold several")
     p.add_argument("--output", help="override spec.output.uri")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate-data", help="check Datasets' rows; DatasetStatus-shaped JSON report")
+    p.add_argument("files", nargs="+", help="YAML files holding Datasets")
+    p.add_argument("--model", help="model source whose tokenizer measures token lengths, e.g. tiny://llama")
+    p.add_argument("--cutoff-len", type=int, help="count samples longer than this many tokens")
+    p.set_defaults(func=cmd_validate_data)
 
     p = sub.add_parser("export", help="run an Export locally")
     p.add_argument("files", nargs="+")

@@ -12,14 +12,10 @@ from typing import Any
 
 from finetune_api.dataset import DatasetSpec
 from finetune_api.manifests import load_documents
-from finetune_api.method import Stage
 from finetune_api.resources import Dataset, FineTuneJob
 from finetune_api.validation import validate_documents
 
 log = logging.getLogger("finetune")
-
-IMPLEMENTED_STAGES = (Stage.PT, Stage.SFT)
-
 
 @dataclass
 class RunPlan:
@@ -48,9 +44,6 @@ def plan_run(files: Sequence[str], *, job_name: str | None = None, output: str |
     job = jobs[0]
     found = {ds.metadata.name: ds for ds in (Dataset.model_validate(b) for b in bodies if b.get("kind") == "Dataset")}
     datasets = [(ref.ref, found[ref.ref].spec, ref.weight) for ref in job.spec.datasets]
-    if job.spec.method.stage not in IMPLEMENTED_STAGES:
-        supported = ", ".join(s.value for s in IMPLEMENTED_STAGES)
-        raise ValueError(f"spec.method.stage: {job.spec.method.stage.value} is not available yet (supported: {supported})")
     uri = output or (job.spec.output.uri if job.spec.output else f"file://./runs/{job.metadata.name}")
     used = {"FineTuneJob": {job.metadata.name}, "Dataset": {name for name, _, _ in datasets}}
     documents = [b for b in bodies if b.get("metadata", {}).get("name") in used.get(b.get("kind", ""), set())]
@@ -60,13 +53,14 @@ def plan_run(files: Sequence[str], *, job_name: str | None = None, output: str |
 def execute(plan: RunPlan) -> Any:
     """Run the plan's stage; returns the recipe's outcome. Imports the training stack."""
     from .data import dataset_config
-    from .train.causal_lm import run_causal_lm
+    from .train.recipes import recipe_for
     from .train.workspace import open_workspace
 
+    recipe = recipe_for(plan.job.spec.method.stage)  # refuses a stage not available yet, before any work
     ws = open_workspace(plan.job.metadata.name, plan.job.spec, plan.output_uri)
     configs = [dataset_config(spec, name=name, weight=weight) for name, spec, weight in plan.datasets]
     try:
-        outcome = run_causal_lm(ws, configs, plan.documents)
+        outcome = recipe(ws, configs, plan.documents)
     except BaseException as exc:
         ws.close(failed=f"{type(exc).__name__}: {exc}")
         raise

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from transformers import PrinterCallback, Trainer
 
@@ -17,20 +16,9 @@ from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for
 from ..model.loader import load_tokenizer
 from ..model.sources import fetch_source
 from .arguments import build_training_arguments
-from .workspace import Workspace
+from .workspace import TrainOutcome, Workspace
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainOutcome:
-    """What a recipe reports back to `finetune run`."""
-
-    global_step: int
-    train_loss: float | None
-    adapter_uri: str | None
-    resumed_from: str | None
-    metrics: dict[str, float]
 
 
 def run_causal_lm(ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, object]]) -> TrainOutcome:

@@ -35,6 +35,17 @@ LOSS_PLOT = "loss.png"
 RESOLVED_SPEC = "job.yaml"
 
 
+@dataclass
+class TrainOutcome:
+    """What a recipe reports back to `finetune run`."""
+
+    global_step: int
+    train_loss: float | None
+    adapter_uri: str | None
+    resumed_from: str | None
+    metrics: dict[str, float]
+
+
 def global_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 

@@ -1,0 +1,109 @@
+"""`finetune validate-data`: check a Dataset before any GPU is spent, for its status.
+
+Runs in the operator's short validation Job (and locally). The report is DatasetStatus-shaped JSON
+on stdout and in the container's termination message, which the operator copies into the status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from finetune_api.dataset import DatasetPhase, DatasetStatus, RowError, TokenStats
+from finetune_api.manifests import load_documents
+from finetune_api.resources import Dataset
+from finetune_api.validation import validate_documents
+
+TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
+TERMINATION_MAX = 4096  # the kubelet keeps at most this many bytes
+
+
+def report_document(report: Any) -> dict[str, Any]:
+    """A data-worker DatasetReport as the DatasetStatus fields (plus a message) the operator reads."""
+    stats = report.token_stats
+    status = DatasetStatus(
+        phase=DatasetPhase.READY if report.valid else DatasetPhase.INVALID,
+        samples=report.num_samples,
+        invalid_samples=report.num_errors,
+        token_stats=TokenStats(
+            min=stats.min, max=stats.max, mean=stats.mean, p95=stats.p95, over_cutoff=stats.over_cutoff
+        )
+        if stats
+        else None,
+        preview=[p[:4096] for p in report.preview[:5]],
+        errors=[
+            RowError(row=max(e.row, 0), field=e.field[:256], message=e.message[:256])
+            for e in report.errors[:20]
+        ],
+    )
+    document = status.to_wire()
+    document.pop("conditions", None)
+    if report.problem:
+        document["message"] = report.problem[:1024]
+    return document
+
+
+def fit(document: dict[str, Any], limit: int = TERMINATION_MAX) -> str:
+    """The JSON of ``document``, shortened to ``limit`` bytes by dropping previews, then errors."""
+    doc = dict(document)
+    for key in ("preview", "errors"):
+        while len(json.dumps(doc).encode()) > limit and doc.get(key):
+            doc[key] = doc[key][:-1]
+    text = json.dumps(doc)
+    if len(text.encode()) > limit:
+        doc.pop("message", None)
+        text = json.dumps(doc)
+    return text
+
+
+def validate_data_from_files(
+    files: Sequence[str], *, model: str | None = None, cutoff_len: int | None = None
+) -> int:
+    """Validate every Dataset in ``files``; exit 1 when one is invalid. ``model`` gives token statistics."""
+    from .data import validate_dataset  # the data stack: only here
+
+    docs = load_documents(files)
+    results = validate_documents([d.body for d in docs])
+    problems = [f"{docs[i].label}: {e}" for i, errors in results.items() for e in errors]
+    if problems:
+        print("error: invalid manifests:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    datasets = [Dataset.model_validate(d.body) for d in docs if d.body.get("kind") == "Dataset"]
+    if not datasets:
+        print("error: no Dataset among the files", file=sys.stderr)
+        return 1
+    tokenizer = _tokenizer(model) if model else None
+    invalid = 0
+    last = ""
+    for ds in datasets:
+        report = validate_dataset(ds.spec, name=ds.metadata.name, tokenizer=tokenizer, cutoff_len=cutoff_len)
+        last = fit(report_document(report))
+        print(last)
+        invalid += not report.valid
+    _write_termination_log(last)
+    return 1 if invalid else 0
+
+
+def _tokenizer(model: str) -> Any:
+    from finetune_api.finetunejob import ModelSpec
+
+    from .model.loader import load_tokenizer
+    from .model.sources import fetch_source
+
+    spec = ModelSpec(source=model)
+    return load_tokenizer(fetch_source(model, field="--model"), spec=spec)
+
+
+def _write_termination_log(text: str) -> None:
+    chosen = os.environ.get(TERMINATION_LOG_ENV)
+    path = Path(chosen) if chosen else DEFAULT_TERMINATION_LOG
+    if not chosen and not path.exists():
+        return  # outside Kubernetes: no stray file in /dev
+    with contextlib.suppress(OSError):  # an unwritable log must not turn a valid dataset invalid
+        path.write_text(text)

@@ -1,0 +1,25 @@
+"""Which recipe trains which stage: one explicit branch per stage family, imported only when used."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from finetune_api.method import Stage
+
+from ..data import DatasetConfig
+from .workspace import TrainOutcome, Workspace
+
+Recipe = Callable[[Workspace, Sequence[DatasetConfig], list[dict[str, Any]]], TrainOutcome]
+
+IMPLEMENTED_STAGES: tuple[Stage, ...] = (Stage.PT, Stage.SFT)
+
+
+def recipe_for(stage: Stage) -> Recipe:
+    """The recipe of ``stage``; a ValueError naming the field for a stage not available yet."""
+    if stage in (Stage.PT, Stage.SFT):
+        from .causal_lm import run_causal_lm
+
+        return run_causal_lm
+    supported = ", ".join(s.value for s in IMPLEMENTED_STAGES)
+    raise ValueError(f"spec.method.stage: {stage.value} is not available yet (supported: {supported})")
