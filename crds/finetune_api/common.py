@@ -100,6 +100,19 @@ class Condition(ApiModel):
     """A human-readable message with details about the transition."""
 
 
+class ConditionedStatus(ApiModel):
+    """What every status carries: conditions keyed by type, and the generation they describe."""
+
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Conditions in the shape of metav1.Condition, one per type, with CamelCase reasons."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The generation this status describes."""
+
+
 class SecretRef(ApiModel):
     """A Secret in the object's namespace."""
 

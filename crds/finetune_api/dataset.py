@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints
 
-from .common import ApiModel, Condition, K8sName, ShortText, Uri, cel, rules
+from .common import ApiModel, ConditionedStatus, K8sName, ShortText, Uri, cel, rules
 
 DATASET_SCHEMES = ("s3", "hf", "https", "http", "pvc", "file")
 
@@ -147,19 +147,11 @@ class TokenStats(ApiModel):
     """Samples longer than the cutoff they were measured against."""
 
 
-class DatasetStatus(ApiModel):
+class DatasetStatus(ConditionedStatus):
     """Observed state of a Dataset."""
 
     phase: DatasetPhase | None = None
     """Pending, Validating, Ready or Invalid."""
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        max_length=16,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    """Validated, Prepared, with reasons."""
-    observed_generation: int | None = Field(default=None, ge=0)
-    """The generation this status describes."""
     samples: int | None = Field(default=None, ge=0)
     """Valid samples found."""
     invalid_samples: int | None = Field(default=None, ge=0)

@@ -9,7 +9,7 @@ from pydantic import ConfigDict, Field
 
 from .common import (
     ApiModel,
-    Condition,
+    ConditionedStatus,
     K8sName,
     OutputSpec,
     ResourcesSpec,
@@ -122,19 +122,11 @@ class ExportOutputs(ApiModel):
     """URI of manifest.json (written last: its presence marks a complete export)."""
 
 
-class ExportStatus(ApiModel):
+class ExportStatus(ConditionedStatus):
     """Observed state of an Export."""
 
     phase: ExportPhase | None = None
     """Pending, Waiting (for its FineTuneJob), Running, Succeeded or Failed."""
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        max_length=16,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    """Ready, Running, Succeeded, Failed, with reasons."""
-    observed_generation: int | None = Field(default=None, ge=0)
-    """The generation this status describes."""
     outputs: ExportOutputs | None = None
     """What was written."""
     job_name: K8sName | None = None

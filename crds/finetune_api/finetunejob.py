@@ -9,7 +9,7 @@ from pydantic import ConfigDict, Field
 
 from .common import (
     ApiModel,
-    Condition,
+    ConditionedStatus,
     K8sName,
     OutputSpec,
     ResourcesSpec,
@@ -331,19 +331,11 @@ class JobOutputs(ApiModel):
     """URI of trainer_log.jsonl."""
 
 
-class FineTuneJobStatus(ApiModel):
+class FineTuneJobStatus(ConditionedStatus):
     """Observed state of a FineTuneJob."""
 
     phase: Phase | None = None
     """Pending, Preparing, Running, Succeeded, Failed or Suspended."""
-    conditions: list[Condition] = Field(
-        default_factory=list,
-        max_length=16,
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-    )
-    """Accepted, Ready, Running, Succeeded, Failed, Suspended, with reasons."""
-    observed_generation: int | None = Field(default=None, ge=0)
-    """The generation this status describes."""
     progress: TrainingProgress | None = None
     """Live training progress."""
     start_time: str | None = None

@@ -12,7 +12,7 @@ from .workspace import TrainOutcome, Workspace
 
 Recipe = Callable[[Workspace, Sequence[DatasetConfig], list[dict[str, Any]]], TrainOutcome]
 
-IMPLEMENTED_STAGES: tuple[Stage, ...] = (Stage.PT, Stage.SFT)
+IMPLEMENTED_STAGES: tuple[Stage, ...] = (Stage.PT, Stage.SFT, Stage.RM, Stage.DPO, Stage.ORPO, Stage.SIMPO, Stage.KTO)
 
 
 def recipe_for(stage: Stage) -> Recipe:
@@ -21,5 +21,13 @@ def recipe_for(stage: Stage) -> Recipe:
         from .causal_lm import run_causal_lm
 
         return run_causal_lm
+    if stage == Stage.RM:
+        from .reward_model import run_reward_model
+
+        return run_reward_model
+    if stage in (Stage.DPO, Stage.ORPO, Stage.SIMPO, Stage.KTO):
+        from .preference import run_preference  # the loss is method.preference.loss
+
+        return run_preference
     supported = ", ".join(s.value for s in IMPLEMENTED_STAGES)
     raise ValueError(f"spec.method.stage: {stage.value} is not available yet (supported: {supported})")

@@ -1,0 +1,48 @@
+"""The common end of every Trainer-based recipe: train (resuming), evaluate, save, report."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from transformers import PrinterCallback, Trainer
+
+from ..data import PreparedData
+from .workspace import TrainOutcome, Workspace
+
+log = logging.getLogger(__name__)
+
+
+def warn_skipped_rows(data: PreparedData) -> None:
+    """Log each dataset's malformed rows (they were dropped by the data worker)."""
+    for summary in data.summaries:
+        if summary.num_errors:
+            log.warning("%s: %d malformed rows skipped, first: %s", summary.name, summary.num_errors, summary.errors[:3])
+
+
+def train_and_save(
+    ws: Workspace, trainer: Trainer, tokenizer: Any, documents: list[dict[str, Any]], *, evaluate: bool
+) -> TrainOutcome:
+    """Train from the newest complete checkpoint (if any), evaluate when there is a validation split, save.
+
+    The final model (or adapter) goes to the output location with its manifest; rank 0 only.
+    """
+    trainer.remove_callback(PrinterCallback)  # our progress bar and trainer_log.jsonl report the logs
+    resume = ws.resume_checkpoint()
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    metrics = dict(result.metrics)
+    if evaluate:
+        metrics |= trainer.evaluate()
+    adapter_uri = None
+    if ws.is_main:
+        final = ws.work_dir / "final"
+        trainer.save_model(str(final))
+        tokenizer.save_pretrained(str(final))
+        adapter_uri = ws.save_final(final, documents)
+    return TrainOutcome(
+        global_step=trainer.state.global_step,
+        train_loss=metrics.get("train_loss"),
+        adapter_uri=adapter_uri,
+        resumed_from=str(resume) if resume else None,
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
+    )

@@ -1,0 +1,81 @@
+"""The dpo, orpo, simpo and kto recipe: preference optimisation with ``method.preference.loss``.
+
+Reads top to bottom: tokenizer → pairwise (or kto) rows, refused before any model is loaded if
+the data does not fit → policy model → adapters → reference (none for LoRA: adapters disabled;
+none for orpo/simpo) → PreferenceTrainer → train (resuming) → save.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import TrainingArguments
+
+from finetune_api.method import Stage
+
+from ..data import DatasetConfig, PreparedData, Shape, job_processing_config, make_collator, prepare_dataset
+from ..data.processor import OUTPUT_COLUMNS
+from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
+from ..model.loader import load_tokenizer
+from ..model.sources import fetch_source
+from .arguments import training_arguments
+from .loop import train_and_save, warn_skipped_rows
+from .preference_trainer import PreferenceTrainer
+from .reference import preference_of, reference_model_for
+from .workspace import TrainOutcome, Workspace
+
+
+def check_rows(data: PreparedData, shape: Shape, stage: Stage) -> None:
+    """Refuse rows that lack what ``stage`` trains on (chosen/rejected pairs, or kto tags), naming the fields.
+
+    Raises:
+        ValueError: the prepared rows miss a column the stage needs.
+    """
+    present = data.train.column_names
+    missing = [c for c in OUTPUT_COLUMNS[shape] if present is not None and c not in present]
+    if missing:
+        need = "ranking: true with chosen/rejected columns" if shape is Shape.PAIRWISE else "columns.ktoTag"
+        raise ValueError(
+            f"spec.datasets: stage {stage.value} needs rows with {', '.join(missing)} (a Dataset with {need})"
+        )
+
+
+def run_preference(ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, Any]]) -> TrainOutcome:
+    """Train ``ws.spec`` (stage dpo, orpo, simpo or kto) on ``datasets``."""
+    spec = ws.spec
+    preference = preference_of(spec)
+    processing = job_processing_config(spec)
+
+    tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
+    data = prepare_dataset(datasets, processing, tokenizer)
+    check_rows(data, processing.shape, spec.method.stage)
+    warn_skipped_rows(data)
+
+    loaded = load_model_and_tokenizer(
+        spec.model,
+        finetuning=spec.method.finetuning,
+        precision=spec.training.precision,
+        gradient_checkpointing=spec.training.gradient_checkpointing,
+    )
+    loaded.model.config.use_cache = False
+    model = prepare_model_for_training(
+        loaded.model, spec.method, adapter=loaded.adapter_path, vocab_resized=loaded.vocab_resized
+    )
+    reference = reference_model_for(spec, model)
+    optimizer = build_optimizer(model, spec.method, spec.training)
+
+    args = training_arguments(spec, output_dir=ws.work_dir / "trainer", has_eval=data.eval is not None)
+    trainer = PreferenceTrainer(
+        model=model,
+        args=TrainingArguments(**args),
+        preference=preference,
+        ref_model=reference,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        data_collator=make_collator(processing, loaded.tokenizer),
+        processing_class=loaded.tokenizer,
+        optimizers=(optimizer, None),
+        callbacks=ws.callbacks(),
+    )
+    return train_and_save(ws, trainer, loaded.tokenizer, documents, evaluate=data.eval is not None)

@@ -1,0 +1,71 @@
+"""The rm recipe: a reward model (sequence-classification head) trained on chosen/rejected pairs.
+
+Reads top to bottom: tokenizer → pairwise rows → model with a one-logit head → adapters → TRL's
+RewardTrainer (loss −log σ(r_chosen − r_rejected); logs accuracy and margin, ``eval_accuracy`` on
+the validation split) → train (resuming) → save. TRL pads our pre-tokenised rows itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from trl import RewardConfig, RewardTrainer
+
+from ..data import DatasetConfig, job_processing_config, prepare_dataset
+from ..data.config import AnyDataset
+from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
+from ..model.loader import load_tokenizer
+from ..model.sources import fetch_source
+from .arguments import training_arguments
+from .loop import train_and_save, warn_skipped_rows
+from .preference import check_rows
+from .workspace import TrainOutcome, Workspace
+
+
+def reward_rows(ds: AnyDataset) -> AnyDataset:
+    """Pairwise rows in TRL's pre-tokenised reward layout: whole sequences as ``chosen_ids``/``rejected_ids``."""
+    ds = ds.select_columns(["chosen_input_ids", "rejected_input_ids"])
+    return ds.rename_columns({"chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"})
+
+
+def run_reward_model(ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, Any]]) -> TrainOutcome:
+    """Train ``ws.spec`` (stage rm) on ``datasets``."""
+    spec = ws.spec
+    processing = job_processing_config(spec)
+
+    tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
+    data = prepare_dataset(datasets, processing, tokenizer)
+    check_rows(data, processing.shape, spec.method.stage)
+    warn_skipped_rows(data)
+
+    loaded = load_model_and_tokenizer(
+        spec.model,
+        finetuning=spec.method.finetuning,
+        precision=spec.training.precision,
+        gradient_checkpointing=spec.training.gradient_checkpointing,
+        head="sequence_classification",
+    )
+    loaded.model.config.use_cache = False
+    model = prepare_model_for_training(
+        loaded.model, spec.method, adapter=loaded.adapter_path, vocab_resized=loaded.vocab_resized
+    )
+    optimizer = build_optimizer(model, spec.method, spec.training)
+
+    args = training_arguments(
+        spec,
+        output_dir=ws.work_dir / "trainer",
+        has_eval=data.eval is not None,
+        # Rows are already cut to training.cutoffLen by the data worker; TRL must not drop any.
+        extra={"max_length": None, "dataset_num_proc": None, "pad_to_multiple_of": 8},
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=RewardConfig(**args),
+        train_dataset=reward_rows(data.train),
+        eval_dataset=reward_rows(data.eval) if data.eval is not None else None,
+        processing_class=loaded.tokenizer,
+        optimizers=(optimizer, None),
+        callbacks=ws.callbacks(),
+    )
+    return train_and_save(ws, trainer, loaded.tokenizer, documents, evaluate=data.eval is not None)
