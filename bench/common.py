@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import random
+import resource
 import subprocess
 import sys
 import threading
@@ -168,6 +169,7 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout_
         RuntimeError: the worker failed (its stderr tail is in the message).
     """
     started = time.monotonic()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(
         argv, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -184,7 +186,13 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout_
     if not lines:
         raise RuntimeError(f"{' '.join(argv[:3])} printed no result:\n{out[-2000:]}\n{err[-2000:]}")
     result = json.loads(lines[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result["process_wall_s"] = round(time.monotonic() - started, 2)
+    # CPU seconds of the worker and its reaped children: less sensitive than wall time to other
+    # load on a shared machine.
+    result["process_cpu_s"] = round(
+        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2
+    )
     return result, memory
 
 

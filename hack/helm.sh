@@ -18,7 +18,6 @@ build() {
   # Build into a scratch dir and move in at the end, so an interrupted build never leaves
   # a half-written binary that the skip check would trust.
   mkdir -p "${bin_dir}"
-  local scratch
   scratch="$(mktemp -d "${bin_dir}/.build.XXXXXX")"
   trap 'rm -rf "${scratch}"' EXIT
   echo "building helm ${HELM_VERSION} into ${bin_dir}; a cold build takes a few minutes on 2 cores" >&2

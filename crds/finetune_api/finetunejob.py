@@ -18,6 +18,7 @@ from .common import (
     cel,
     rules,
 )
+from .evaluation import EVALUATION_SPEC_RULES, EvaluationSpec, EvaluationStatus
 from .method import MethodSpec
 
 MODEL_SCHEMES = ("hf", "s3", "pvc", "file", "tiny")
@@ -71,6 +72,17 @@ class ModelSpec(ApiModel):
                 "adapter must be an hf://, s3://, pvc:// or file:// URI",
                 ".adapter",
             ),
+            cel(
+                "!has(self.shiftAttention) || !self.shiftAttention || !has(self.attention)"
+                " || self.attention in ['auto', 'sdpa']",
+                "shiftAttention works with attention auto or sdpa",
+                ".shiftAttention",
+            ),
+            cel(
+                "!has(self.unsloth) || !self.unsloth || !has(self.ligerKernel) || !self.ligerKernel",
+                "unsloth brings its own kernels: do not combine it with ligerKernel",
+                ".unsloth",
+            ),
         )
     )
 
@@ -90,6 +102,22 @@ class ModelSpec(ApiModel):
     """RoPE scaling for longer contexts."""
     adapter: Uri | None = None
     """An existing adapter to continue training from (hf://, s3://, pvc:// or file://)."""
+    use_fast_tokenizer: bool = True
+    """Load the fast (Rust) tokenizer; false asks for the model's slow (Python) one, where it ships one."""
+    split_special_tokens: bool = False
+    """Tokenize special-token strings found in the data (e.g. <|im_end|>) as plain text instead of as the special token."""
+    upcast_layernorm: bool = False
+    """Keep the normalisation weights in fp32 under a bf16/fp16 load, for stability."""
+    upcast_lmhead_output: bool = False
+    """Return the logits in fp32 under a bf16/fp16 load, for a more precise loss."""
+    shift_attention: bool = False
+    """LongLoRA's shift short attention (S²-Attn) while training: attention within groups of a quarter of the sequence, half of the heads shifted by half a group; full attention at inference."""
+    llama_pro_blocks: int | None = Field(default=None, ge=1, le=256)
+    """LLaMA Pro block expansion: insert this many copies of decoder layers, evenly spaced, with zero output projections (the model's function is unchanged); only the new blocks train. Needs method.finetuning freeze, stage pt or sft, and a layer count divisible by it; method.freeze.trainableLayers is then not used (trainableModules and extraModules still are)."""
+    liger_kernel: bool = False
+    """Use Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy); needs a CUDA GPU and the liger-kernel package."""
+    unsloth: bool = False
+    """Load and patch the model with Unsloth's kernels; needs a CUDA GPU and the unsloth package."""
 
 
 class MixStrategy(StrEnum):
@@ -176,7 +204,7 @@ class TrainingSpec(ApiModel):
     precision: Precision = Precision.AUTO
     """Compute precision; auto: bf16 where the GPU supports it, else fp16; fp32 on CPU."""
     gradient_checkpointing: bool = True
-    """Recompute activations in the backward pass to save memory."""
+    """Recompute activations in the backward pass to save memory; false is LLaMA-Factory's disableGradientCheckpointing."""
     optimizer: Literal[
         "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"
     ] = "adamw_torch"
@@ -246,6 +274,12 @@ SPEC_RULES = [
         "each Dataset may be referenced once",
         ".datasets",
     ),
+    cel(
+        "!has(self.model.llamaProBlocks) || (self.method.finetuning == 'freeze' && self.method.stage in ['pt', 'sft'])",
+        "llamaProBlocks trains only the new blocks: it needs finetuning freeze and stage pt or sft",
+        ".model.llamaProBlocks",
+    ),
+    *EVALUATION_SPEC_RULES,
 ]
 
 
@@ -282,6 +316,8 @@ class FineTuneJobSpec(ApiModel):
     """Kueue LocalQueue; the Job is created suspended for Kueue to admit."""
     image: Uri | None = None
     """Override of the trainer image."""
+    evaluation: EvaluationSpec | None = None
+    """Evaluate the trained model: predictions scored with BLEU-4 / ROUGE, a multiple-choice benchmark, or both."""
 
 
 class Phase(StrEnum):
@@ -352,3 +388,5 @@ class FineTuneJobStatus(ConditionedStatus):
     """Name of the batch/v1 Job running the trainer."""
     gpu_memory_estimate_gib: float | None = Field(default=None, ge=0, alias="gpuMemoryEstimateGiB")
     """Estimated peak memory per GPU in GiB (preflight)."""
+    evaluation: EvaluationStatus | None = None
+    """Scores of spec.evaluation, once computed."""

@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
+from .evaluation import EvaluationStatus
 from .finetunejob import TrainingProgress
 
 PROGRESS_KEY = "progress.json"
@@ -32,6 +33,8 @@ class ProgressRecord(TrainingProgress):
     """A human summary, e.g. the error that ended the run."""
     last_checkpoint: str | None = None
     """URI of the newest checkpoint uploaded with its manifest."""
+    evaluation: EvaluationStatus | None = None
+    """Scores of spec.evaluation once computed; the operator copies them to status.evaluation."""
 
     def to_json(self) -> str:
         """The record as stored: camelCase, unset fields left out."""

@@ -63,9 +63,13 @@ class ValueHead(torch.nn.Module):
 
 
 def policy_forward(
-    model: PeftModel, value_head: ValueHead | None, rollout: Rollout
+    model: PeftModel, value_head: ValueHead | None, rollout: Rollout, *, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probabilities of the response tokens under the active adapter (and the values when given)."""
+    """Log-probabilities of the response tokens under the active adapter (and the values when given).
+
+    Logits are divided by the sampling ``temperature``: the ratio and the KL then compare the
+    distributions the responses were actually sampled from.
+    """
     out = model(
         input_ids=rollout.input_ids,
         attention_mask=rollout.attention_mask,
@@ -75,7 +79,7 @@ def policy_forward(
     )
     start, end = rollout.prompt_length - 1, rollout.input_ids.shape[1] - 1
     # The state before each response token predicts it (logits) and values it (critic).
-    logits = out.logits[:, start:end].float()
+    logits = out.logits[:, start:end].float() / temperature
     logprobs = torch.gather(logits.log_softmax(-1), 2, rollout.response_ids.unsqueeze(-1)).squeeze(-1)
     values = value_head(out.hidden_states[-1][:, start:end]) if value_head is not None else None
     return logprobs, values

@@ -12,7 +12,7 @@ from .workspace import TrainOutcome, Workspace
 
 Recipe = Callable[[Workspace, Sequence[DatasetConfig], list[dict[str, Any]]], TrainOutcome]
 
-IMPLEMENTED_STAGES: tuple[Stage, ...] = (Stage.PT, Stage.SFT, Stage.RM, Stage.DPO, Stage.ORPO, Stage.SIMPO, Stage.KTO)
+IMPLEMENTED_STAGES: tuple[Stage, ...] = (Stage.PT, Stage.SFT, Stage.RM, Stage.DPO, Stage.ORPO, Stage.SIMPO, Stage.KTO, Stage.PPO, Stage.GRPO)
 
 
 def recipe_for(stage: Stage) -> Recipe:
@@ -29,5 +29,13 @@ def recipe_for(stage: Stage) -> Recipe:
         from .preference import run_preference  # the loss is method.preference.loss
 
         return run_preference
+    if stage == Stage.PPO:
+        from .ppo import run_ppo
+
+        return run_ppo
+    if stage == Stage.GRPO:
+        from .grpo import run_grpo
+
+        return run_grpo
     supported = ", ".join(s.value for s in IMPLEMENTED_STAGES)
     raise ValueError(f"spec.method.stage: {stage.value} is not available yet (supported: {supported})")

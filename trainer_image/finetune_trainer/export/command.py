@@ -1,0 +1,80 @@
+"""`finetune export`: the export pod's entry point, and the same thing on a workstation.
+
+The JSON report goes to stdout and to the container's termination message (which the operator
+copies into the Export status); a failure writes its one-line reason there instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..datacheck import DEFAULT_TERMINATION_LOG, TERMINATION_LOG_ENV, TERMINATION_MAX
+from ..storage import IncompleteArtifactError
+from .pipeline import run_export
+from .plan import plan_export
+
+log = logging.getLogger("finetune")
+# Expected failures: bad input, refused combinations, storage faults. Anything else is a bug and
+# keeps its traceback (its message still reaches the termination log).
+EXPECTED_ERRORS = (ValueError, OSError, IncompleteArtifactError, ClientError, BotoCoreError)
+
+
+def fit_report(report: dict[str, Any], limit: int = TERMINATION_MAX) -> str:
+    """The report's JSON within ``limit`` bytes: the file list goes first (the manifest has it all)."""
+    doc = dict(report)
+    for key in ("files", "verification"):
+        if len(json.dumps(doc).encode()) <= limit:
+            break
+        doc.pop(key, None)
+    return json.dumps(doc)
+
+
+def write_termination_message(text: str) -> None:
+    """Write the container's termination message; outside Kubernetes only when asked by the env var."""
+    chosen = os.environ.get(TERMINATION_LOG_ENV)
+    path = Path(chosen) if chosen else DEFAULT_TERMINATION_LOG
+    if not chosen and not path.exists():
+        return
+    with contextlib.suppress(OSError):
+        path.write_text(text[:TERMINATION_MAX])
+
+
+def export_from_files(files: Sequence[str]) -> int:
+    """The CLI's `export`: 0 once the manifest is written, 1 with a one-line reason otherwise."""
+    logging.basicConfig(
+        level=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
+    )
+    root = Path(os.environ.get("FINETUNE_WORK_DIR") or tempfile.mkdtemp(prefix="finetune-export-"))
+    try:
+        plan = plan_export(files)
+        log.info("exporting %s → %s", plan.name, plan.output.uri)
+        result = run_export(plan, root)
+    except EXPECTED_ERRORS as exc:
+        message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+        print(f"error: {message}", file=sys.stderr)
+        write_termination_message(message)
+        return 1
+    except BaseException as exc:
+        write_termination_message(f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if os.environ.get("FINETUNE_KEEP_WORK_DIR") != "1":
+            shutil.rmtree(root, ignore_errors=True)
+    report = result.report()
+    log.info("export complete: %d files, %d bytes at %s; peak RSS %.1f MiB",
+             len(report["files"]), report["sizeBytes"], report["uri"], report["peakRssBytes"] / 2**20)  # fmt: skip
+    text = fit_report(report)
+    print(text)
+    write_termination_message(text)
+    return 0

@@ -1,0 +1,170 @@
+"""The ppo recipe: RLHF with model sharing (LLaMA-Factory's design, implemented here since TRL 1.13
+dropped PPO).
+
+One base model in memory: the policy is its LoRA adapter, the reference is the base with adapters
+disabled, the critic is a value head on the policy's hidden states, and an rm job's adapter is a
+second named adapter on the same base (rewardModelType lora); a full reward model
+(rewardModelType full) is the one separate model.
+
+Reads top to bottom: checks → tokenizer → prompts → model + policy adapter → reward → value head →
+optimizer and schedule → resume → PPO loop → save the policy adapter (with its value head).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import torch
+from peft import PeftModel
+from torch.utils.data import DataLoader
+from transformers import get_scheduler
+
+from finetune_api.finetunejob import FineTuneJobSpec
+from finetune_api.method import Finetuning, PpoSpec
+
+from ..data import DatasetConfig, job_processing_config, make_collator, pad_token_id, prepare_dataset, stop_token_ids
+from ..model import load_model_and_tokenizer, prepare_model_for_training
+from ..model.loader import load_tokenizer
+from ..model.sources import fetch_source
+from .ppo_loop import PpoLoop, PpoSettings, mean_over, total_steps
+from .ppo_models import REWARD_FIELD, RewardScorer, ValueHead, attach_reward_adapter, load_full_reward, save_value_head
+from .ppo_models import load_policy_checkpoint
+from .workspace import TrainOutcome, Workspace
+
+log = logging.getLogger(__name__)
+
+
+def check_ppo_spec(spec: FineTuneJobSpec) -> PpoSpec:
+    """The ppo block, after refusing what model-sharing PPO cannot do (naming the field).
+
+    Raises:
+        ValueError: no ppo block, tuning other than LoRA, LoRA+, DeepSpeed or several processes.
+    """
+    ppo = spec.method.ppo
+    if ppo is None:
+        raise ValueError("spec.method.ppo: stage ppo needs a ppo block")
+    if spec.method.finetuning != Finetuning.LORA:
+        raise ValueError(
+            "spec.method.finetuning: stage ppo shares one base model between policy, reference and reward, "
+            f"which needs lora, not {spec.method.finetuning.value}"
+        )
+    if spec.method.lora_or_default().loraplus_lr_ratio is not None:
+        raise ValueError("spec.method.lora.loraplusLrRatio: not supported by stage ppo")
+    if spec.distributed.deepspeed is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("spec.resources: stage ppo runs in one process on one device; drop distributed and use one GPU")
+    return ppo
+
+
+def build_reward(ppo: PpoSpec, model: PeftModel, tokenizer: object, dtype: torch.dtype) -> RewardScorer:
+    """The reward: the rm adapter attached to the shared model, or a separate full reward model."""
+    path = fetch_source(ppo.reward_model, field=REWARD_FIELD)
+    if ppo.reward_model_type == "lora":
+        return attach_reward_adapter(model, path)
+    reward = load_full_reward(path, policy_tokenizer=tokenizer, dtype=dtype)  # type: ignore[arg-type]
+    reward.model.to(next(model.parameters()).device)
+    return reward
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """PPO's probability ratio starts at exactly 1 only when the forward pass is deterministic."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def run_ppo(ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, object]]) -> TrainOutcome:
+    """Train ``ws.spec`` (stage ppo) on the prompts of ``datasets``; ``documents`` are saved as the resolved spec."""
+    spec = ws.spec
+    ppo = check_ppo_spec(spec)
+    processing = job_processing_config(spec)
+
+    tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
+    data = prepare_dataset(datasets, processing, tokenizer)
+    for summary in data.summaries:
+        if summary.num_errors:
+            log.warning("%s: %d malformed rows skipped, first: %s", summary.name, summary.num_errors, summary.errors[:3])
+
+    loaded = load_model_and_tokenizer(
+        spec.model,
+        finetuning=spec.method.finetuning,
+        precision=spec.training.precision,
+        gradient_checkpointing=spec.training.gradient_checkpointing,
+    )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = prepare_model_for_training(
+        loaded.model, spec.method, adapter=loaded.adapter_path, vocab_resized=loaded.vocab_resized
+    )
+    assert isinstance(model, PeftModel)
+    model.to(device)
+    disable_dropout(model)
+    reward = build_reward(ppo, model, loaded.tokenizer, loaded.compute_dtype)
+    value_head = ValueHead(model.config.get_text_config().hidden_size).to(device)
+
+    t = spec.training
+    settings = PpoSettings(
+        ppo=ppo,
+        mini_batch=t.per_device_batch_size,
+        accumulation=t.gradient_accumulation_steps,
+        max_steps=0,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        stop_token_ids=stop_token_ids(data.template, loaded.tokenizer),
+        pad_token_id=pad_token_id(loaded.tokenizer),
+        seed=t.seed,
+    )
+    train_rows = data.train.remove_columns([c for c in ("labels", "prompt") if c in data.train.column_names])
+    loader = DataLoader(
+        train_rows,  # type: ignore[arg-type]
+        batch_size=settings.rollout_batch,
+        shuffle=True,
+        drop_last=len(train_rows) >= settings.rollout_batch,  # type: ignore[arg-type]
+        collate_fn=make_collator(processing, loaded.tokenizer),
+        generator=torch.Generator().manual_seed(t.seed),
+    )
+    settings.max_steps = total_steps(t.max_steps, t.epochs, len(train_rows), settings.rollout_batch)  # type: ignore[arg-type]
+    policy_params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": policy_params}, {"params": list(value_head.parameters())}],
+        lr=t.learning_rate,
+        weight_decay=t.weight_decay,
+    )
+    scheduler = get_scheduler(
+        t.lr_scheduler,
+        optimizer,
+        num_warmup_steps=round(t.warmup_ratio * settings.max_steps),
+        num_training_steps=settings.max_steps,
+    )
+
+    loop = PpoLoop(
+        model=model,
+        value_head=value_head,
+        reward=reward,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        settings=settings,
+        callbacks=ws.callbacks(),
+        output_dir=ws.work_dir / "trainer",
+    )
+    resume = ws.resume_checkpoint()
+    if resume is not None:
+        loop.restore(resume, load_policy_checkpoint(model, value_head, resume))
+    loop.train(loader)
+
+    adapter_uri = None
+    if ws.is_main:
+        final = ws.work_dir / "final"
+        model.save_pretrained(str(final), selected_adapters=["default"])
+        save_value_head(value_head, final)
+        loaded.tokenizer.save_pretrained(str(final))
+        adapter_uri = ws.save_final(final, documents)
+    metrics = {key: mean_over(loop.history, key) for key in ("reward", "kl", "loss")}
+    return TrainOutcome(
+        global_step=loop.state.global_step,
+        train_loss=metrics["loss"],
+        adapter_uri=adapter_uri,
+        resumed_from=str(resume) if resume else None,
+        metrics=metrics,
+    )
