@@ -122,12 +122,12 @@ def _preference_dataset() -> Any:
 
 def test_lora_reference_is_the_policy_with_adapters_disabled(tmp_path: Path) -> None:
     gc.collect()
-    before = sum(isinstance(o, LlamaForCausalLM) for o in gc.get_objects())
+    before = sum(type(o) is LlamaForCausalLM for o in gc.get_objects())
     trainer, _ = build_trainer(tmp_path, "lora")
     trainer.train()
     gc.collect()
     assert trainer.ref_model is None
-    after = sum(isinstance(o, LlamaForCausalLM) for o in gc.get_objects())
+    after = sum(type(o) is LlamaForCausalLM for o in gc.get_objects())
     assert after - before == 1, "LoRA DPO must keep a single model in memory"
     assert trainer.state.log_history[-1]["train_loss"] > 0
 

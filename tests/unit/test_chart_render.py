@@ -127,7 +127,7 @@ def test_helm_lint_strict_with_default_and_non_default_values(tmp_path: Path) ->
 def test_default_render_is_a_cluster_wide_operator_with_crds(tmp_path: Path) -> None:
     docs = render(tmp_path)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["CustomResourceDefinition"] * 3 + ["ServiceAccount", "Deployment", "Service", "Pod"]
+    assert kinds == sorted(["CustomResourceDefinition"] * 3 + ["ServiceAccount", "Deployment", "Service", "Pod", "NetworkPolicy"]
                            + ["ClusterRole", "ClusterRoleBinding"] * 2)  # fmt: skip
     (deployment,) = find(docs, "Deployment", FULLNAME)
     assert deployment["metadata"]["namespace"] == NAMESPACE
@@ -154,6 +154,13 @@ def test_default_render_is_a_cluster_wide_operator_with_crds(tmp_path: Path) -> 
     (service,) = find(docs, "Service")
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+    # The helm test pod must not be taken for an operator pod (a ReplicaSet would adopt it).
+    (test_pod,) = find(docs, "Pod")
+    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert not deployment["spec"]["selector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items()
+    (policy,) = find(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items()
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}, {"port": 8081, "protocol": "TCP"}]}]
 
 
 def test_default_rbac_is_exactly_what_the_operator_uses(tmp_path: Path) -> None:

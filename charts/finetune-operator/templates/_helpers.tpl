@@ -28,6 +28,12 @@ app.kubernetes.io/name: {{ include "finetune-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The operator's pods only (not the helm test pod): Deployment, Service and ServiceMonitor selectors. */}}
+{{- define "finetune-operator.operatorSelectorLabels" -}}
+{{ include "finetune-operator.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end }}
+
 {{- define "finetune-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "finetune-operator.fullname" .) .Values.serviceAccount.name }}

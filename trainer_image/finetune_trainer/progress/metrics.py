@@ -41,6 +41,21 @@ class TrainingMetrics:
             "finetune_gpu_memory_reserved_bytes", "GPU memory reserved by the caching allocator.", ["device"],
             registry=r,
         )  # fmt: skip
+        # Labelled, so they expose nothing until an evaluation has run.
+        self.eval_predict_score = Gauge(
+            "finetune_eval_predict_score", "Prediction score after training, in percent.", ["metric"], registry=r
+        )
+        self.eval_benchmark_accuracy = Gauge(
+            "finetune_eval_benchmark_accuracy", "Multiple-choice accuracy after training, in percent.", ["subject"],
+            registry=r,
+        )  # fmt: skip
+
+    def observe_evaluation(self, *, predict: dict[str, float], benchmark: dict[str, float]) -> None:
+        """Set the evaluation gauges: ``predict`` by metric name, ``benchmark`` by subject ("all" overall)."""
+        for metric, value in predict.items():
+            self.eval_predict_score.labels(metric=metric).set(value)
+        for subject, value in benchmark.items():
+            self.eval_benchmark_accuracy.labels(subject=subject).set(value)
 
     def observe(
         self,

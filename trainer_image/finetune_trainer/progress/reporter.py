@@ -14,6 +14,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from finetune_api.evaluation import EvaluationStatus
+
 from ..storage import ObjectStore
 from .metrics import TrainingMetrics
 from .rates import Observation, RateWindow, format_duration
@@ -134,6 +136,20 @@ class ProgressReporter:
         """A checkpoint is complete in storage (its manifest written): record it right away."""
         with self._lock:
             self.record = self.record.model_copy(update={"last_checkpoint": uri})
+            self.flush()
+
+    def on_evaluation(self, status: EvaluationStatus) -> None:
+        """Evaluation scores are in: put them in the record (→ status.evaluation) and the gauges, write now."""
+        with self._lock:
+            self.record = self.record.model_copy(update={"evaluation": status})
+            if self.metrics:
+                predict = status.predict
+                self.metrics.observe_evaluation(
+                    predict={"bleu-4": predict.bleu4, "rouge-1": predict.rouge1, "rouge-2": predict.rouge2,
+                             "rouge-l": predict.rouge_l} if predict else {},
+                    benchmark={"all": status.benchmark.accuracy}
+                    | {s.subject: s.accuracy for s in status.benchmark.subjects} if status.benchmark else {},
+                )  # fmt: skip
             self.flush()
 
     def finish(self, phase: TrainerPhase, message: str | None = None) -> ProgressRecord:

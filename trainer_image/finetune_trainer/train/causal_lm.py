@@ -32,6 +32,8 @@ def run_causal_lm(ws: Workspace, datasets: Sequence[DatasetConfig], documents: l
         if summary.num_errors:
             log.warning("%s: %d malformed rows skipped, first: %s", summary.name, summary.num_errors, summary.errors[:3])
 
+    # Built before the model: under ZeRO-3 the arguments make from_pretrained load the weights sharded.
+    args = build_training_arguments(spec, output_dir=ws.work_dir / "trainer", has_eval=data.eval is not None)
     loaded = load_model_and_tokenizer(
         spec.model,
         finetuning=spec.method.finetuning,
@@ -45,13 +47,12 @@ def run_causal_lm(ws: Workspace, datasets: Sequence[DatasetConfig], documents: l
     )
     optimizer = build_optimizer(model, spec.method, spec.training)
 
-    args = build_training_arguments(spec, output_dir=ws.work_dir / "trainer", has_eval=data.eval is not None)
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=data.train,
         eval_dataset=data.eval,
-        data_collator=make_collator(processing, loaded.tokenizer),
+        data_collator=make_collator(processing, loaded.tokenizer, attn_implementation=loaded.attention),
         processing_class=loaded.tokenizer,
         optimizers=(optimizer, None),
         callbacks=ws.callbacks(),
