@@ -111,7 +111,7 @@ class DatasetSpec(ApiModel):
     endpoint: ShortText | None = None
     """S3 endpoint URL for s3:// sources on S3-compatible stores."""
     prepare: bool = False
-    """Tokenize once into object storage so that jobs with the same tokenizer, template and cutoff reuse it."""
+    """Tokenize once and share the result in object storage (s3://<output bucket>/finetune-prepared/<fingerprint>), so that jobs with the same tokenizer, template, cutoff and settings reuse it."""
 
 
 class DatasetPhase(StrEnum):

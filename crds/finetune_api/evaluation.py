@@ -108,8 +108,8 @@ EVALUATION_SPEC_RULES = [
     ),
     cel(
         "!has(self.evaluation) || !has(self.evaluation.predict) || has(self.evaluation.predict.dataset)"
-        " || (has(self.training) && has(self.training.valSize) && self.training.valSize > 0.0)",
-        "evaluation.predict needs a dataset or a validation split (training.valSize)",
+        " || (self.method.stage == 'sft' && has(self.training) && has(self.training.valSize) && self.training.valSize > 0.0)",
+        "evaluation.predict needs a dataset, or a validation split (training.valSize) of conversations (stage sft)",
         ".evaluation.predict",
     ),
 ]

@@ -79,6 +79,11 @@ class ModelSpec(ApiModel):
                 ".shiftAttention",
             ),
             cel(
+                "!has(self.useFastTokenizer) || self.useFastTokenizer",
+                "useFastTokenizer: false cannot be honoured: transformers 5 always loads the fast tokenizer",
+                ".useFastTokenizer",
+            ),
+            cel(
                 "!has(self.unsloth) || !self.unsloth || !has(self.ligerKernel) || !self.ligerKernel",
                 "unsloth brings its own kernels: do not combine it with ligerKernel",
                 ".unsloth",
@@ -103,7 +108,7 @@ class ModelSpec(ApiModel):
     adapter: Uri | None = None
     """An existing adapter to continue training from (hf://, s3://, pvc:// or file://)."""
     use_fast_tokenizer: bool = True
-    """Load the fast (Rust) tokenizer; false asks for the model's slow (Python) one, where it ships one."""
+    """Load the fast (Rust) tokenizer. Only true is accepted: transformers 5 has no slow tokenizers to fall back to (LLaMA-Factory's use_fast_tokenizer)."""
     split_special_tokens: bool = False
     """Tokenize special-token strings found in the data (e.g. <|im_end|>) as plain text instead of as the special token."""
     upcast_layernorm: bool = False

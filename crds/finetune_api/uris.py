@@ -19,3 +19,18 @@ def local_path(uri: str) -> Path:
     if rest.startswith("localhost/"):
         rest = rest[len("localhost") :]
     return Path(unquote(rest)).expanduser().resolve()
+
+
+PREPARED_DIR = "finetune-prepared"
+
+
+def prepared_root(output_uri: str) -> str:
+    """Where prepared (tokenized) datasets are shared, beside a job's output location.
+
+    ``s3://bucket/any/prefix`` → ``s3://bucket/finetune-prepared``: every job writing to the bucket
+    shares it. ``file://…/runs/job`` → ``file://…/runs/finetune-prepared``.
+    """
+    if output_uri.startswith("s3://"):
+        bucket = output_uri[len("s3://") :].split("/", 1)[0]
+        return f"s3://{bucket}/{PREPARED_DIR}"
+    return (local_path(output_uri).parent / PREPARED_DIR).as_uri()

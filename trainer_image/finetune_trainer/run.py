@@ -44,8 +44,12 @@ def plan_run(files: Sequence[str], *, job_name: str | None = None, output: str |
     job = jobs[0]
     found = {ds.metadata.name: ds for ds in (Dataset.model_validate(b) for b in bodies if b.get("kind") == "Dataset")}
     datasets = [(ref.ref, found[ref.ref].spec, ref.weight) for ref in job.spec.datasets]
+    evaluated = job.spec.evaluation.dataset_refs() if job.spec.evaluation else []
+    missing = [name for name in evaluated if name not in found]
+    if missing:
+        raise ValueError(f"spec.evaluation: Dataset(s) {', '.join(missing)} not found in the given files")
     uri = output or (job.spec.output.uri if job.spec.output else f"file://./runs/{job.metadata.name}")
-    used = {"FineTuneJob": {job.metadata.name}, "Dataset": {name for name, _, _ in datasets}}
+    used = {"FineTuneJob": {job.metadata.name}, "Dataset": {name for name, _, _ in datasets} | set(evaluated)}
     documents = [b for b in bodies if b.get("metadata", {}).get("name") in used.get(b.get("kind", ""), set())]
     return RunPlan(job, datasets, uri, documents)
 
@@ -57,7 +61,8 @@ def execute(plan: RunPlan) -> Any:
     from .train.workspace import open_workspace
 
     recipe = recipe_for(plan.job.spec.method.stage)  # refuses a stage not available yet, before any work
-    ws = open_workspace(plan.job.metadata.name, plan.job.spec, plan.output_uri)
+    share = any(spec.prepare for _, spec, _ in plan.datasets)
+    ws = open_workspace(plan.job.metadata.name, plan.job.spec, plan.output_uri, share_prepared=share)
     configs = [dataset_config(spec, name=name, weight=weight) for name, spec, weight in plan.datasets]
     try:
         outcome = recipe(ws, configs, plan.documents)

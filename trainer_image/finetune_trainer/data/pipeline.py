@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from datasets import Dataset, DatasetDict, Features, IterableDataset, List, Value
 
+from ..storage import ObjectStore
 from .cache import fingerprint, load_cached, save_cached, tokenizer_fingerprint
 from .collator import KtoCollator, PackedCollator, PaddingCollator, PairwiseCollator
 from .config import AnyDataset, DatasetConfig, ProcessingConfig, Shape, resolve_num_proc
@@ -19,6 +20,7 @@ from .loader import AlignmentResult, align_rows, load_rows
 from .mixing import mix_datasets, split_validation
 from .packing import PACK_BATCH_SIZE, chunk_table, pack_table
 from .processor import Encoder, encoded_features
+from .shared import fetch_shared, publish_shared
 from .sources import hash_files, resolve_source
 from .template import ChatTemplate, get_template
 
@@ -50,6 +52,8 @@ class PreparedData:
     cache_hit: bool = False
     fingerprint: str | None = None
     """Cache key (None while streaming: streams are not cached)."""
+    shared_hit: bool = False
+    """The prepared rows came from the shared store (another job tokenized them)."""
 
 
 def check_processing(processing: ProcessingConfig) -> None:
@@ -118,12 +122,18 @@ def _encode_all(
 
 
 def prepare_dataset(
-    datasets: Sequence[DatasetConfig], processing: ProcessingConfig, tokenizer: Any
+    datasets: Sequence[DatasetConfig],
+    processing: ProcessingConfig,
+    tokenizer: Any,
+    *,
+    shared: ObjectStore | None = None,
 ) -> PreparedData:
     """Load, validate, tokenise, mix, split and pack ``datasets`` for ``processing.stage``.
 
     Cached by fingerprint in ``processing.cache_dir`` (not when streaming): a second call with the
     same data, tokenizer and settings loads the saved result and returns ``cache_hit=True``.
+    With ``shared`` (object storage), a miss is looked up there before tokenizing, and a fresh
+    result is uploaded there for later jobs (``shared_hit=True`` when it came from there).
 
     Raises:
         ValueError: bad settings, unreadable sources, a dataset unfit for the stage, or a dataset
@@ -138,11 +148,20 @@ def prepare_dataset(
         [(cfg, _data_hash(cfg, processing)) for cfg in datasets], processing, tokenizer_fingerprint(tokenizer)
     )
     cached = load_cached(processing.cache_dir, key)
+    shared_hit = cached is None and shared is not None and fetch_shared(shared, key, processing)
+    if shared_hit:
+        cached = load_cached(processing.cache_dir, key)
     if cached is not None:
         splits, summary = cached
         summaries = [DatasetSummary(**s) for s in summary["datasets"]]
         return PreparedData(
-            splits["train"], splits.get("eval"), template, summaries, cache_hit=True, fingerprint=key
+            splits["train"],
+            splits.get("eval"),
+            template,
+            summaries,
+            cache_hit=True,
+            fingerprint=key,
+            shared_hit=shared_hit,
         )
     parts, summaries = _encode_all(datasets, processing, encoder, key)
     mixed = mix_datasets(
@@ -156,6 +175,8 @@ def prepare_dataset(
     if val is not None:
         splits["eval"] = group_rows(val, processing)
     splits = save_cached(processing.cache_dir, key, splits, {"datasets": [asdict(s) for s in summaries]})
+    if shared is not None:
+        publish_shared(shared, key, processing)
     return PreparedData(splits["train"], splits.get("eval"), template, summaries, fingerprint=key)
 
 

@@ -1,7 +1,8 @@
 """The pt and sft recipe: next-token prediction on plain text (pt) or on responses (sft).
 
-Reads top to bottom: tokenizer → data (fails on bad data before any model is loaded) → model →
-adapters → optimizer → Trainer → train (resuming from the newest complete checkpoint) → save.
+Reads top to bottom: tokenizer → data and evaluation data (fails on bad data before any model is
+loaded) → model → adapters → optimizer → Trainer → train (resuming from the newest complete
+checkpoint) → save → evaluate (spec.evaluation).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from transformers import PrinterCallback, Trainer
 
 from ..data import DatasetConfig, job_processing_config, make_collator, prepare_dataset
+from ..evaluate import prepare_evaluation, run_evaluation
 from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
 from ..model.loader import load_tokenizer
 from ..model.sources import fetch_source
@@ -27,10 +29,11 @@ def run_causal_lm(ws: Workspace, datasets: Sequence[DatasetConfig], documents: l
     processing = job_processing_config(spec)
 
     tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
-    data = prepare_dataset(datasets, processing, tokenizer)
+    data = prepare_dataset(datasets, processing, tokenizer, shared=ws.prepared)
     for summary in data.summaries:
         if summary.num_errors:
             log.warning("%s: %d malformed rows skipped, first: %s", summary.name, summary.num_errors, summary.errors[:3])
+    evaluation = prepare_evaluation(spec, train=datasets, documents=documents, processing=processing, tokenizer=tokenizer)
 
     # Built before the model: under ZeRO-3 the arguments make from_pretrained load the weights sharded.
     args = build_training_arguments(spec, output_dir=ws.work_dir / "trainer", has_eval=data.eval is not None)
@@ -70,6 +73,11 @@ def run_causal_lm(ws: Workspace, datasets: Sequence[DatasetConfig], documents: l
         trainer.save_model(str(final))
         loaded.tokenizer.save_pretrained(str(final))
         adapter_uri = ws.save_final(final, documents)
+        if evaluation is not None:  # after the adapter is safe in storage
+            run_evaluation(
+                ws, evaluation, model=trainer.model, tokenizer=loaded.tokenizer,
+                compute_dtype=loaded.compute_dtype, step=trainer.state.global_step,
+            )  # fmt: skip
     return TrainOutcome(
         global_step=trainer.state.global_step,
         train_loss=metrics.get("train_loss"),

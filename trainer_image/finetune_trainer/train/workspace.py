@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from finetune_api.finetunejob import FineTuneJobSpec
+from finetune_api.uris import prepared_root
 
 from ..progress import ProgressReporter, TrainingMetrics, start_metrics_server
 from ..storage import (
@@ -61,6 +62,8 @@ class Workspace:
     work_dir: Path
     reporter: ProgressReporter | None
     uploader: BackgroundUploader | None
+    prepared: ObjectStore | None = None
+    """Shared store of prepared datasets (when a Dataset has prepare: true)."""
 
     @property
     def is_main(self) -> bool:
@@ -126,14 +129,19 @@ class Workspace:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def open_workspace(name: str, spec: FineTuneJobSpec, output_uri: str) -> Workspace:
-    """Open the output store and local staging dir; rank 0 also starts metrics and progress."""
-    store = open_store(output_uri, settings=output_settings(spec) if output_uri.startswith("s3://") else None)
+def open_workspace(name: str, spec: FineTuneJobSpec, output_uri: str, *, share_prepared: bool = False) -> Workspace:
+    """Open the output store and local staging dir; rank 0 also starts metrics and progress.
+
+    ``share_prepared``: prepared datasets are shared beside the output (see ``prepared_root``).
+    """
+    settings = output_settings(spec) if output_uri.startswith("s3://") else None
+    store = open_store(output_uri, settings=settings)
+    prepared = open_store(prepared_root(output_uri), settings=settings) if share_prepared else None
     root = Path(os.environ.get("FINETUNE_WORK_DIR") or tempfile.mkdtemp(prefix=f"finetune-{name}-"))
     work_dir = root / f"rank-{global_rank()}"
     work_dir.mkdir(parents=True, exist_ok=True)
     if global_rank() != 0:
-        return Workspace(name, spec, output_uri, store, work_dir, None, None)
+        return Workspace(name, spec, output_uri, store, work_dir, None, None, prepared)
     metrics = TrainingMetrics()
     if os.environ.get("FINETUNE_METRICS_PORT") != "0":
         try:
@@ -141,7 +149,7 @@ def open_workspace(name: str, spec: FineTuneJobSpec, output_uri: str) -> Workspa
         except OSError as exc:  # a second local run on the same port: train anyway, without an endpoint
             log.warning("metrics endpoint not started: %s", exc)
     reporter = ProgressReporter(store=store, metrics=metrics)
-    return Workspace(name, spec, output_uri, store, work_dir, reporter, BackgroundUploader())
+    return Workspace(name, spec, output_uri, store, work_dir, reporter, BackgroundUploader(), prepared)
 
 
 def output_settings(spec: FineTuneJobSpec) -> S3Settings:
