@@ -12,6 +12,26 @@ from finetune_api.method import LoraSpec
 from finetune_trainer.model.adapters import lora_config
 
 
+def build_shared_vocab_base(source: Path, out: Path, *, scale: float = 10.0) -> Path:
+    """A copy of a tiny model whose input embeddings equal its (scaled-up) output embeddings.
+
+    A random tiny model's output layer is too small to express a peaked distribution, and its
+    input and output embeddings are unrelated, so no policy could move a reward that reads the
+    last token. Here the last token dominates the final hidden state and the policy can raise a
+    reward direction ``w`` by moving its own final hidden state towards ``w``: an easy reward to learn.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(source)
+    with torch.no_grad():
+        shared = model.lm_head.weight * scale
+        model.lm_head.weight.copy_(shared)
+        model.get_input_embeddings().weight.copy_(shared)
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(source).save_pretrained(str(out))
+    return out
+
+
 def reward_direction(hidden_size: int, *, seed: int = 7) -> torch.Tensor:
     """A fixed random unit direction in hidden space: the score is the last hidden state's projection on it."""
     direction = torch.randn(hidden_size, generator=torch.Generator().manual_seed(seed))

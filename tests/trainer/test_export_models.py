@@ -187,10 +187,10 @@ def test_interrupted_export_resumes_without_reuploading(
     assert export_from_files([str(config)]) == 0
 
     after = _objects(client, s3_bucket, prefix)
-    report = termination_report(s3_env)
-    assert report["skippedFiles"] == len(before) and report["uploadedFiles"] == len(after) - len(before) - 1
     for key, (etag, modified) in before.items():
         assert after[key] == (etag, modified), f"{key} was uploaded again"
+    report = termination_report(s3_env)
+    assert report["skippedFiles"] == len(before) and report["uploadedFiles"] == len(after) - len(before) - 1
     assert {"manifest.json", "README.md"} <= after.keys()
     verify_artifact(open_store(f"s3://{s3_bucket}/{prefix}"), deep=True)
 

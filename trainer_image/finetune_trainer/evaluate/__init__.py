@@ -9,7 +9,15 @@ In a recipe::
         run_evaluation(ws, plan, model=trainer.model, tokenizer=tokenizer, compute_dtype=dtype, step=step)
 """
 
-from .choice import CHOICES, BenchmarkPlan, BenchmarkScores, Question, plan_benchmark, read_questions, score_benchmark
+from .choice import (
+    CHOICES,
+    BenchmarkPlan,
+    BenchmarkScores,
+    Question,
+    plan_benchmark,
+    read_questions,
+    score_benchmark,
+)
 from .predict import Prediction, generate_predictions
 from .report import EVAL_RESULTS, PREDICTIONS, evaluation_status, log_record
 from .runner import EvaluationPlan, prepare_evaluation, run_evaluation

@@ -16,7 +16,15 @@ from finetune_api.finetunejob import FineTuneJobSpec
 from finetune_api.method import Stage
 from finetune_api.resources import Dataset
 
-from ..data import ChatTemplate, DatasetConfig, ProcessingConfig, dataset_config, get_template, prepare_dataset, stop_token_ids
+from ..data import (
+    ChatTemplate,
+    DatasetConfig,
+    ProcessingConfig,
+    dataset_config,
+    get_template,
+    prepare_dataset,
+    stop_token_ids,
+)
 from ..data.loader import load_rows
 from ..train.workspace import Workspace
 from .choice import BenchmarkPlan, plan_benchmark, read_questions, score_benchmark

@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..model.loader import cuda_available
@@ -30,6 +29,7 @@ from .verify import LogitsCheck, compare_logits, probe_inputs, probe_logits, rto
 log = logging.getLogger(__name__)
 README, MODELFILE = "README.md", "Modelfile"
 TRAINER_LOG, RESOLVED_SPEC = "trainer_log.jsonl", "job.yaml"
+MiB = 2**20
 
 
 class ExportVerificationError(ValueError):
@@ -168,6 +168,7 @@ def run_export(plan: ExportPlan, work_dir: Path) -> ExportResult:
         ValueError: a refused combination (naming the spec field) or a failed self-check.
     """
     check_quantization(plan.spec.quantization, cuda=cuda_available(), weight_format=plan.spec.format)
+    rss_before = peak_rss_bytes()
     store = output_store(plan)
     source = load_source(plan)
     out = work_dir / "export"
@@ -187,4 +188,10 @@ def run_export(plan: ExportPlan, work_dir: Path) -> ExportResult:
     except BaseException:
         uploader.abort()
         raise
-    return ExportResult(str(store.uri), result, check, peak_rss_bytes())
+    peak = peak_rss_bytes()
+    weights = sum(f.size for f in result.manifest.files if f.path.endswith((".safetensors", ".bin")))
+    log.info(
+        "peak RSS %.1f MiB: %.1f MiB above the %.1f MiB before loading the model; weights written %.1f MiB",
+        peak / MiB, (peak - rss_before) / MiB, rss_before / MiB, weights / MiB,
+    )  # fmt: skip
+    return ExportResult(str(store.uri), result, check, peak)

@@ -24,13 +24,27 @@ from transformers import get_scheduler
 from finetune_api.finetunejob import FineTuneJobSpec
 from finetune_api.method import Finetuning, PpoSpec
 
-from ..data import DatasetConfig, job_processing_config, make_collator, pad_token_id, prepare_dataset, stop_token_ids
+from ..data import (
+    DatasetConfig,
+    job_processing_config,
+    make_collator,
+    pad_token_id,
+    prepare_dataset,
+    stop_token_ids,
+)
 from ..model import load_model_and_tokenizer, prepare_model_for_training
 from ..model.loader import load_tokenizer
 from ..model.sources import fetch_source
 from .ppo_loop import PpoLoop, PpoSettings, mean_over, total_steps
-from .ppo_models import REWARD_FIELD, RewardScorer, ValueHead, attach_reward_adapter, load_full_reward, save_value_head
-from .ppo_models import load_policy_checkpoint
+from .ppo_models import (
+    REWARD_FIELD,
+    RewardScorer,
+    ValueHead,
+    attach_reward_adapter,
+    load_full_reward,
+    load_policy_checkpoint,
+    save_value_head,
+)
 from .workspace import TrainOutcome, Workspace
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from .ppo_core import (
     kl_penalized_rewards,
     masked_whiten,
 )
-from .ppo_models import POLICY_ADAPTER, Rollout, RewardScorer, ValueHead, policy_forward, save_value_head
+from .ppo_models import POLICY_ADAPTER, RewardScorer, Rollout, ValueHead, policy_forward, save_value_head
 
 INIT_KL_COEF = 0.2  # TRL's and LLaMA-Factory's default
 GAMMA, LAM = 1.0, 0.95
