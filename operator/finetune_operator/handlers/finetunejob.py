@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from finetune_api.dataset import DatasetStatus
 from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Phase
@@ -31,16 +30,12 @@ from ..status import reasons as r
 from ..status.conditions import Verdict
 from ..status.finetunejob import TERMINAL, build_job_status, cluster_spec_errors, dataset_gate, job_verdict
 from ..status.observe import JobObservation, observe_job, parse_time
-from .runtime import RUNTIME, measured, now, parse, parse_status, write_status
+from .runtime import RUNTIME, now, parse, parse_status, run_guarded, write_status
 
 FTJ: Final = ("finetune.dev", "v1alpha1", "finetunejobs")
 PLURAL: Final = "finetunejobs"
 GPU_MEMORY_LABEL: Final = "finetune.dev/gpu-memory-gib"
 OWNED_JOBS: Final = {MANAGED_BY: MANAGER, OWNER_KIND: "finetunejob"}
-
-
-class Refused(Exception):
-    """The job cannot run as written; its status already says why."""
 
 
 def _datasets(kube: Kube, job: FineTuneJob) -> dict[str, Dataset]:
@@ -89,7 +84,7 @@ def _refuse(body: Mapping[str, Any], job: FineTuneJob, old: FineTuneJobStatus | 
     )
     write_status(PLURAL, body, old, status, verdict)
     if verdict.phase == Phase.FAILED:
-        raise Refused(verdict.message)
+        raise kopf.PermanentError(verdict.message)  # the status already says why
     return verdict
 
 
@@ -108,7 +103,7 @@ def _gate(
     try:
         result = pf.preflight(job.spec, capacity, source)
     except ValueError as exc:
-        _refuse(body, job, old, Verdict(Phase.FAILED, r.INVALID_SPEC, str(exc)))  # raises Refused
+        _refuse(body, job, old, Verdict(Phase.FAILED, r.INVALID_SPEC, str(exc)))  # raises kopf.PermanentError
         raise
     if result.refusal:
         _refuse(
@@ -155,7 +150,7 @@ def _progress(kube: Kube, job: FineTuneJob, uid: str) -> dict[str, Any] | None:
 
 
 def reconcile_finetunejob(body: Mapping[str, Any]) -> Verdict:
-    """Observe, compute the desired state, converge, write the status. Raises Refused for a spec that cannot run."""
+    """Observe, compute the desired state, converge, write the status. Raises kopf.PermanentError for a spec that cannot run."""
     kube = RUNTIME.api()
     job, old = parse(FineTuneJob, body), parse_status(FineTuneJobStatus, body)
     uid = body["metadata"]["uid"]
@@ -181,20 +176,7 @@ def reconcile_finetunejob(body: Mapping[str, Any]) -> Verdict:
 
 
 def _run(body: Mapping[str, Any], permanent: bool) -> None:
-    """Reconcile under the object's lock. Change handlers raise kopf errors (kopf retries or stops);
-    the timer and child events only log, since the next resync retries anyway."""
-    with RUNTIME.exclusive(body["metadata"]["uid"]), measured("FineTuneJob"):
-        try:
-            reconcile_finetunejob(body)
-        except Refused as exc:
-            if permanent:
-                raise kopf.PermanentError(str(exc)) from exc
-        except kopf.TemporaryError:
-            if permanent:
-                raise
-        except ApiException as exc:
-            if exc.status != 404:  # the object was deleted while we worked: nothing left to do
-                raise
+    run_guarded("FineTuneJob", body, reconcile_finetunejob, permanent=permanent)
 
 
 @kopf.on.resume(*FTJ)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
 from finetune_api.common import ApiModel
@@ -142,3 +143,19 @@ def measured(kind: str) -> Iterator[None]:
         raise
     finally:
         metrics.RECONCILE_SECONDS.labels(kind=kind).observe(time.perf_counter() - started)
+
+
+def run_guarded(
+    kind: str, body: Mapping[str, Any], reconcile: Callable[[Mapping[str, Any]], object], *, permanent: bool
+) -> None:
+    """Reconcile under the object's lock. Change handlers (``permanent``) let kopf errors through (kopf
+    retries or stops); the timer and child events only log them, since the next resync retries anyway."""
+    with RUNTIME.exclusive(body["metadata"]["uid"]), measured(kind):
+        try:
+            reconcile(body)
+        except (kopf.PermanentError, kopf.TemporaryError):
+            if permanent:
+                raise
+        except ApiException as exc:
+            if exc.status != 404:  # the object was deleted while we worked: nothing left to do
+                raise

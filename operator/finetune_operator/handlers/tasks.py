@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 
 from finetune_api.dataset import DatasetPhase, DatasetStatus
 from finetune_api.export import ExportPhase, ExportStatus
@@ -19,7 +18,7 @@ from ..builders.tasks import EXPORTER, VALIDATOR, build_export, build_validation
 from ..kube import Kube
 from ..status.observe import JobObservation, observe_job
 from ..status.tasks import dataset_status, export_gate, export_status, export_verdict
-from .runtime import RUNTIME, measured, now, parse, parse_status, write_status
+from .runtime import RUNTIME, now, parse, parse_status, run_guarded, write_status
 
 DATASETS: Final = ("finetune.dev", "v1alpha1", "datasets")
 EXPORTS: Final = ("finetune.dev", "v1alpha1", "exports")
@@ -102,18 +101,7 @@ def reconcile_export(body: Mapping[str, Any]) -> None:
 
 def _run(kind: str, body: Mapping[str, Any], permanent: bool) -> None:
     reconcile = reconcile_dataset if kind == "Dataset" else reconcile_export
-    with RUNTIME.exclusive(body["metadata"]["uid"]), measured(kind):
-        try:
-            reconcile(body)
-        except kopf.PermanentError:
-            if permanent:
-                raise
-        except kopf.TemporaryError:
-            if permanent:
-                raise
-        except ApiException as exc:
-            if exc.status != 404:  # the object was deleted while we worked: nothing left to do
-                raise
+    run_guarded(kind, body, reconcile, permanent=permanent)
 
 
 @kopf.on.resume(*DATASETS)
