@@ -20,7 +20,7 @@ build() {
   mkdir -p "${bin_dir}"
   scratch="$(mktemp -d "${bin_dir}/.build.XXXXXX")"
   trap 'rm -rf "${scratch}"' EXIT
-  echo "building helm ${HELM_VERSION} into ${bin_dir}; a cold build takes a few minutes on 2 cores" >&2
+  echo "building helm ${HELM_VERSION} into ${bin_dir}; a cold build takes 5-10 min on 2 cores" >&2
   local start
   start=$(date +%s)
   # The same version vars upstream's Makefile sets; without them `helm version` says v4.x-unreleased.

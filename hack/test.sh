@@ -8,12 +8,13 @@ venv=$(bash hack/setup-env.sh | tail -n 1)
 export PATH="$PWD/.venv/bin:$PATH"
 bash hack/install-prometheus.sh
 bash hack/controlplane/build.sh
+bash hack/helm.sh --build
 
 echo "== lint"
 ruff check .
 echo "== types"
 mypy crds/finetune_api operator/finetune_operator trainer_image/finetune_trainer
-echo "== generated CRDs are current"
+echo "== generated CRDs (crds/ and the chart's copy) are current"
 finetune crds --check
 echo "== tests (venv $venv)"
 # pytest exits 5 when it collects nothing: that is a failure here, as any non-zero exit is.

@@ -44,7 +44,9 @@ def chart_template(name: str, crd_yaml: str) -> str:
     # crds/' own header comment is replaced by ours; the YAML itself is kept line for line.
     lines = [line for line in _escape(crd_yaml).splitlines(keepends=True) if not line.startswith("# ")]
     anchors = [
-        i for i, line in enumerate(lines[:-1]) if line == "metadata:\n" and lines[i + 1].startswith("  name: ")
+        i
+        for i, line in enumerate(lines[:-1])
+        if line == "metadata:\n" and lines[i + 1].startswith("  name: ")
     ]
     if len(anchors) != 1:
         raise ValueError(f"crds/{name}: expected one top-level metadata.name, found {len(anchors)}")
@@ -84,7 +86,9 @@ def write_chart_crds(crd_dir: Path = CRD_DIR, chart_crd_dir: Path = CHART_CRD_DI
 
 def main(argv: list[str] | None = None) -> int:
     """``--write`` the chart's CRD templates, or ``--check`` them (exit 1 naming the stale ones)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--write", action="store_true", help="write the chart's CRD templates")
     group.add_argument("--check", action="store_true", help="exit 1 when they differ from crds/")

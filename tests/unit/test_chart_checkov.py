@@ -27,7 +27,10 @@ ACCEPTED: dict[tuple[str, str], str] = {
     ("CKV_K8S_9", TEST_POD): "a run-to-completion `helm test` pod serves nothing to probe",
 }
 # No image is published under a digest yet; values.image.digest pins one (and passes CKV_K8S_43).
-NO_DIGEST = {("CKV_K8S_43", DEPLOYMENT): "no digest by default", ("CKV_K8S_43", TEST_POD): "no digest by default"}
+NO_DIGEST = {
+    ("CKV_K8S_43", DEPLOYMENT): "no digest by default",
+    ("CKV_K8S_43", TEST_POD): "no digest by default",
+}
 
 
 @functools.cache

@@ -26,7 +26,7 @@ SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), 
 
 def exported_names(registry: Collector) -> set[str]:
     """Series names a scrape of ``registry`` can return (families expanded by type)."""
-    names = set()
+    names: set[str] = set()
     for family in registry.collect():
         names.update(family.name + s for s in SUFFIXES.get(family.type, ("",)))
     return {n for n in names if n.startswith("finetune_")}

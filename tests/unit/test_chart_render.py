@@ -29,8 +29,12 @@ NON_DEFAULT: dict[str, Any] = {
     "prometheusRule": {"enabled": True, "stalledMinutes": 20},
     "dashboard": {"enabled": True},
     "image": {"digest": "sha256:" + "a" * 64},
-    "trainer": {"image": "registry.local/trainer:1", "gpuMemoryGiB": 80, "defaultMemory": "16Gi",
-                "serviceAccountName": "trainer"},  # fmt: skip
+    "trainer": {
+        "image": "registry.local/trainer:1",
+        "gpuMemoryGiB": 80,
+        "defaultMemory": "16Gi",
+        "serviceAccountName": "trainer",
+    },
     "resyncSeconds": 5,
 }
 
@@ -160,7 +164,9 @@ def test_default_render_is_a_cluster_wide_operator_with_crds(tmp_path: Path) -> 
     assert not deployment["spec"]["selector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items()
     (policy,) = find(docs, "NetworkPolicy")
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= test_pod["metadata"]["labels"].items()
-    assert policy["spec"]["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}, {"port": 8081, "protocol": "TCP"}]}]
+    assert policy["spec"]["ingress"] == [
+        {"ports": [{"port": 8080, "protocol": "TCP"}, {"port": 8081, "protocol": "TCP"}]}
+    ]
 
 
 def test_default_rbac_is_exactly_what_the_operator_uses(tmp_path: Path) -> None:
@@ -185,7 +191,9 @@ def test_crd_templates_render_to_the_committed_crds(tmp_path: Path) -> None:
         ours = docs[crd["metadata"]["name"]]
         assert ours["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
         assert ours["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
-        assert {k: v for k, v in ours.items() if k != "metadata"} == {k: v for k, v in crd.items() if k != "metadata"}
+        assert {k: v for k, v in ours.items() if k != "metadata"} == {
+            k: v for k, v in crd.items() if k != "metadata"
+        }
     unkept = find(render(tmp_path, {"crds": {"keep": False}}), "CustomResourceDefinition")
     assert unkept and all("annotations" not in d["metadata"] for d in unkept)
 
@@ -199,7 +207,10 @@ def test_namespaced_rbac_monitors_peering_and_no_crds(tmp_path: Path) -> None:
     roles = find(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
-        assert rules_table(role) == {**NAMESPACED_RULES, ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"}}
+        assert rules_table(role) == {
+            **NAMESPACED_RULES,
+            ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+        }
     for binding in find(docs, "RoleBinding"):
         assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
     # Nothing namespaced is granted cluster-wide: secrets stay readable only where the operator works.

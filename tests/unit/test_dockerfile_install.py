@@ -12,7 +12,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,12 +129,22 @@ def test_operator_target_installs_and_imports_in_a_fresh_venv() -> None:
             partial = Path(tempfile.mkdtemp(prefix=f"{venv.name}.partial-", dir=CACHE))
             subprocess.run([python, "-m", "venv", "--clear", str(partial)], check=True, timeout=120)
             for argv in steps:
-                run([str(partial / "bin" / "python"), "-m", "pip", *argv[1:]], workdir, "install", timeout=900)
+                run(
+                    [str(partial / "bin" / "python"), "-m", "pip", *argv[1:]], workdir, "install", timeout=900
+                )
             (partial / ".complete").touch()
             shutil.rmtree(venv, ignore_errors=True)
             partial.rename(venv)
         else:  # dependencies unchanged: only the project, from the current tree
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--no-deps", "--force-reinstall", "."]
+            pip = [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--force-reinstall",
+                ".",
+            ]
             run(pip, workdir, "install")
     assert stage.entrypoint[:2] == ["python", "-m"], stage.entrypoint
     module = stage.entrypoint[2]
@@ -151,9 +160,8 @@ def test_operator_target_installs_and_imports_in_a_fresh_venv() -> None:
 
 def run(argv: list[str], cwd: Path, what: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{what} failed: {' '.join(argv)}\n{result.stdout[-2000:]}{result.stderr[-4000:]}"
+    assert result.returncode == 0, (
+        f"{what} failed: {' '.join(argv)}\n{result.stdout[-2000:]}{result.stderr[-4000:]}"
+    )
     return result
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(pytest.main([__file__]))

@@ -41,7 +41,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
-    """Print the CRDs, write them (--write), or check the committed ones are current (--check)."""
+    """Print the CRDs, write them (--write; into crds/ also the chart's copy), or check both are current (--check)."""
     rendered = render_crds()
     if args.check:
         stale = [
