@@ -7,6 +7,7 @@ The benchmarks run in the project venv; the peer's side runs in its own venv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -23,7 +24,8 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS_DIR = REPO / "bench" / "results"
+# Tests point BENCH_RESULTS_DIR elsewhere so a CI run never overwrites the full figures.
+RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR", REPO / "bench" / "results"))
 CACHE = Path(os.environ.get("FT_CACHE", Path.home() / ".cache" / "finetune-operator"))
 PEER_ENV_SCRIPT = REPO / "hack" / "bench-peer-env.sh"
 # Bump when the generator below changes: it is part of the cached file's name.
@@ -31,7 +33,7 @@ DATA_VERSION = 1
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
-    """Write ``result`` (plus the machine and the command) to bench/results/<name>.json."""
+    """Write ``result`` (plus the machine and the command) to bench/results/<name>.json (or $BENCH_RESULTS_DIR)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": name,
@@ -48,14 +50,12 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
 def machine() -> dict[str, Any]:
     """Cores, memory and CPU model of this machine (the figures mean nothing without it)."""
     cpu = platform.processor() or ""
-    try:
+    with contextlib.suppress(OSError, StopIteration):
         cpu = next(
             line.split(":", 1)[1].strip()
             for line in Path("/proc/cpuinfo").read_text().splitlines()
             if line.startswith("model name")
         )
-    except (OSError, StopIteration):
-        pass
     return {
         "cores": len(os.sched_getaffinity(0)),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
@@ -162,7 +162,9 @@ class TreeSampler:
         return self.memory
 
 
-def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout_s: float = 3600) -> tuple[dict[str, Any], TreeMemory]:
+def run_measured(
+    argv: list[str], *, env: dict[str, str] | None = None, timeout_s: float = 3600
+) -> tuple[dict[str, Any], TreeMemory]:
     """Run a worker that prints one JSON object as its last stdout line; returns it and its tree's peak memory.
 
     Raises:
@@ -171,7 +173,12 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout_
     started = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(
-        argv, cwd=REPO, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        argv,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     sampler = TreeSampler(proc.pid).start()
     try:
@@ -190,14 +197,22 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout_
     result["process_wall_s"] = round(time.monotonic() - started, 2)
     # CPU seconds of the worker and its reaped children: less sensitive than wall time to other
     # load on a shared machine.
-    result["process_cpu_s"] = round(
-        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2
-    )
+    result["process_cpu_s"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)
     return result, memory
 
 
 # -- inputs ---------------------------------------------------------------------------------------
-_VERBS = ["explain", "summarise", "list", "describe", "compare", "translate", "rewrite", "classify", "outline"]
+_VERBS = [
+    "explain",
+    "summarise",
+    "list",
+    "describe",
+    "compare",
+    "translate",
+    "rewrite",
+    "classify",
+    "outline",
+]
 
 
 def _sentence(rng: random.Random, words: list[str], lo: int, hi: int) -> str:
@@ -208,7 +223,10 @@ def alpaca_rows(count: int, *, seed: int = 0) -> list[dict[str, str]]:
     """``count`` deterministic alpaca rows (instruction/input/output) of varied, realistic lengths."""
     from finetune_trainer.model.corpus import corpus_lines
 
-    words = sorted({w.strip(".,;:!?").lower() for line in corpus_lines(sentences=2000, seed=seed) for w in line.split()} - {""})
+    words = sorted(
+        {w.strip(".,;:!?").lower() for line in corpus_lines(sentences=2000, seed=seed) for w in line.split()}
+        - {""}
+    )
     rng = random.Random(seed)
     rows = []
     for _ in range(count):

@@ -58,9 +58,13 @@ class Meter(TrainerCallback):
             "padded_tokens": self.padded_tokens,
             "train_seconds": round(self.train_seconds, 3),
             "train_cpu_seconds": round(self.train_cpu_seconds, 3),
-            "tokens_per_cpu_s": round(self.tokens / self.train_cpu_seconds, 1) if self.train_cpu_seconds else 0.0,
+            "tokens_per_cpu_s": round(self.tokens / self.train_cpu_seconds, 1)
+            if self.train_cpu_seconds
+            else 0.0,
             "tokens_per_s": round(steady_tokens / steady_s, 1) if steady_s else 0.0,
-            "tokens_per_s_incl_first_step": round(self.tokens / self.train_seconds, 1) if self.train_seconds else 0.0,
+            "tokens_per_s_incl_first_step": round(self.tokens / self.train_seconds, 1)
+            if self.train_seconds
+            else 0.0,
         }
 
 
@@ -84,5 +88,5 @@ def install(pad_token_id: int) -> Meter:
             meter.train_cpu_seconds = time.process_time() - cpu_started
             hook.remove()
 
-    Trainer.train = train  # type: ignore[method-assign]
+    Trainer.train = train
     return meter

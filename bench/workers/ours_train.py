@@ -28,7 +28,11 @@ def job_documents(cfg: dict[str, Any]) -> list[dict[str, Any]]:
         "spec": {
             "model": {"source": cfg["model_uri"]},
             "datasets": [{"ref": "bench-alpaca"}],
-            "method": {"stage": "sft", "finetuning": "lora", "lora": {"rank": cfg["lora_rank"], "targetModules": ["all"]}},
+            "method": {
+                "stage": "sft",
+                "finetuning": "lora",
+                "lora": {"rank": cfg["lora_rank"], "targetModules": ["all"]},
+            },
             "training": {
                 "maxSteps": cfg["steps"],
                 "learningRate": 0.0002,
@@ -64,7 +68,9 @@ def main() -> None:
         manifest = Path(work) / "job.yaml"
         manifest.write_text(yaml.safe_dump_all(job_documents(cfg)))
         outcome = execute(plan_run([str(manifest)], output=f"file://{work}/out"))
-    print(json.dumps({**meter.summary(), "global_step": outcome.global_step, "train_loss": outcome.train_loss}))
+    print(
+        json.dumps({**meter.summary(), "global_step": outcome.global_step, "train_loss": outcome.train_loss})
+    )
 
 
 if __name__ == "__main__":

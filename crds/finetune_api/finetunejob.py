@@ -325,6 +325,15 @@ class FineTuneJobSpec(ApiModel):
     """Evaluate the trained model: predictions scored with BLEU-4 / ROUGE, a multiple-choice benchmark, or both."""
 
 
+def dataset_paths(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
+    """Every Dataset a job reads, as (field path, name): training data first, then evaluation data."""
+    paths = [(f"spec.datasets[{i}].ref", ref.ref) for i, ref in enumerate(spec.datasets)]
+    if spec.evaluation is not None:
+        known = {name for _, name in paths}
+        paths += [("spec.evaluation", name) for name in spec.evaluation.dataset_refs() if name not in known]
+    return paths
+
+
 class Phase(StrEnum):
     PENDING = "Pending"
     PREPARING = "Preparing"

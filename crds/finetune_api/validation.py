@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from .crdgen import model_schema
 from .dataset import DatasetFormat, DatasetSpec
-from .finetunejob import FineTuneJobSpec
+from .finetunejob import FineTuneJobSpec, dataset_paths
 from .method import PAIRWISE_STAGES, Stage
 from .resources import KINDS, Dataset, kind_of
 
@@ -207,6 +207,11 @@ def check_dataset_refs(
             errors.append(
                 FieldError(path, f"stage {stage} needs conversations; {ref.ref!r} is plain text (stage pt)")
             )
+    if require:
+        training = {ref.ref for ref in job.datasets}
+        for path, name in dataset_paths(job):
+            if name not in training and name not in datasets:
+                errors.append(FieldError(path, f"Dataset {name!r} not found"))
     return errors
 
 

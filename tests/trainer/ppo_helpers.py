@@ -12,42 +12,30 @@ from finetune_api.method import LoraSpec
 from finetune_trainer.model.adapters import lora_config
 
 
-def build_shared_vocab_base(source: Path, out: Path, *, scale: float = 10.0) -> Path:
-    """A copy of a tiny model whose input embeddings equal its (scaled-up) output embeddings.
-
-    A random tiny model's output layer is too small to express a peaked distribution, and its
-    input and output embeddings are unrelated, so no policy could move a reward that reads the
-    last token. Here the last token dominates the final hidden state and the policy can raise a
-    reward direction ``w`` by moving its own final hidden state towards ``w``: an easy reward to learn.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(source)
-    with torch.no_grad():
-        shared = model.lm_head.weight * scale
-        model.lm_head.weight.copy_(shared)
-        model.get_input_embeddings().weight.copy_(shared)
-    model.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(source).save_pretrained(str(out))
-    return out
-
-
 def reward_direction(hidden_size: int, *, seed: int = 7) -> torch.Tensor:
     """A fixed random unit direction in hidden space: the score is the last hidden state's projection on it."""
     direction = torch.randn(hidden_size, generator=torch.Generator().manual_seed(seed))
     return direction / direction.norm()
 
 
-def build_reward_adapter(base: Path, out: Path, *, scale: float = 4.0) -> Path:
+def build_reward_adapter(base: Path, out: Path, *, scale: float = 4.0, perturb: bool = False) -> Path:
     """What an rm job saves (a sequence-classification LoRA adapter with its score head), with a known head.
 
-    The LoRA matrices keep their init (B = 0), so the reward is ``scale * direction · h_last`` of the base model.
+    Unperturbed, the LoRA matrices keep their init (B = 0) and the reward is ``scale * direction · h_last``
+    of the base model; ``perturb`` gives every LoRA matrix random values (the adapter then matters).
     """
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     peft_model = get_peft_model(model, lora_config(model, LoraSpec(rank=4), vocab_resized=False))
     with torch.no_grad():
+        if perturb:
+            generator = torch.Generator().manual_seed(3)
+            for name, param in peft_model.named_parameters():
+                if "lora_" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
         score = peft_model.base_model.model.score
-        score.modules_to_save["default"].weight.copy_(scale * reward_direction(model.config.hidden_size)[None])
+        score.modules_to_save["default"].weight.copy_(
+            scale * reward_direction(model.config.hidden_size)[None]
+        )
     peft_model.save_pretrained(str(out))
     return out
 

@@ -46,8 +46,18 @@ def write_stage_job(
         "output": {"uri": f"file://{out}"},
     }
     docs = [
-        {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": path.stem}, "spec": spec},
-        {"apiVersion": "finetune.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": "data"}, "spec": dataset},
+        {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": path.stem},
+            "spec": spec,
+        },
+        {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "Dataset",
+            "metadata": {"name": "data"},
+            "spec": dataset,
+        },
     ]
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     return path

@@ -61,7 +61,10 @@ def make_run(run_dir: Path, *, base: str = BASE, use_dora: bool = False) -> Path
         "spec": {"source": "file://examples/data/alpaca.jsonl", "format": "alpaca"},
     }  # fmt: skip
     (run_dir / "job.yaml").write_text(yaml.safe_dump_all([job, dataset], sort_keys=False))
-    records = [{"step": 30, "loss": 1.25, "learning_rate": 0.0001}, {"step": 30, "train_loss": 1.5, "train_runtime": 3.0}]
+    records = [
+        {"step": 30, "loss": 1.25, "learning_rate": 0.0001},
+        {"step": 30, "train_loss": 1.5, "train_runtime": 3.0},
+    ]
     (run_dir / "trainer_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return adapter
 
@@ -75,8 +78,12 @@ def write_export(path: Path, output: str, *, adapter: str, base: str = BASE, **s
     return path
 
 
-def adapter_logits(base: str, adapter: Path, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path(base), dtype=dtype), adapter)
+def adapter_logits(
+    base: str, adapter: Path, ids: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_path(base), dtype=dtype), adapter
+    )
     with torch.no_grad():
         return model(input_ids=ids).logits.float()
 
@@ -86,7 +93,9 @@ def probe_ids() -> torch.Tensor:
 
 
 @pytest.fixture
-def s3_env(s3_server: S3Server, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+def s3_env(
+    s3_server: S3Server, model_cache_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> dict[str, str]:
     """The export's environment: the S3 server's keys, a fresh cache, a termination-log file."""
     env = {**s3_server.env(), "FINETUNE_TERMINATION_LOG": str(tmp_path / "termination-log")}
     for key, value in env.items():
@@ -130,7 +139,9 @@ def test_merge_shard_upload_round_trip_through_s3(
     assert report["manifest"] == f"s3://{s3_bucket}/models/merged/manifest.json"
     assert report["sizeBytes"] == manifest.total_size
     assert [f["sha256"] for f in report["files"]] == [f.sha256 for f in manifest.files]
-    assert report["verification"]["passed"] and "1e-04" in report["verification"]["rule"].replace("0.0001", "1e-04")
+    check = report["verification"]
+    assert check["passed"] and "<= 0.0001 *" in check["rule"] and check["maxAbsDiff"] <= check["tolerance"]
+    assert check["adapterEffect"] > 100 * check["tolerance"], "a merge that lost the adapter would pass"
 
     # Independently of the export's own check: the downloaded model is the adapter model, merged.
     local = tmp_path / "downloaded"
@@ -141,14 +152,23 @@ def test_merge_shard_upload_round_trip_through_s3(
         got = merged(input_ids=ids).logits
         base = AutoModelForCausalLM.from_pretrained(tiny_model_path(BASE))(input_ids=ids).logits
     want = adapter_logits(BASE, local_adapter, ids)
-    assert (want - base).abs().max() > 0.05, "the adapter must change the model for this test to mean anything"
+    assert (want - base).abs().max() > 0.05, (
+        "the adapter must change the model for this test to mean anything"
+    )
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     tokenizer = AutoTokenizer.from_pretrained(local)
     assert "<|im_start|>" in (tokenizer.chat_template or "")
     base_gen = GenerationConfig.from_pretrained(tiny_model_path(BASE))
     assert GenerationConfig.from_pretrained(local).eos_token_id == base_gen.eos_token_id
     card = (local / "README.md").read_text()
-    for expected in (BASE, "demo", "learningRate | 0.0007", "train_loss | 1.5", "final_loss | 1.25", "Verified"):
+    for expected in (
+        BASE,
+        "demo",
+        "learningRate | 0.0007",
+        "train_loss | 1.5",
+        "final_loss | 1.25",
+        "Verified",
+    ):
         assert expected in card
     assert 'PARAMETER stop "<|im_end|>"' in (local / "Modelfile").read_text()
 
@@ -219,11 +239,18 @@ def test_bitsandbytes_4bit_export_on_cpu_reloads_and_generates(
 
 
 def test_gptq_is_refused_on_cpu_before_any_work(
-    s3_server: S3Server, s3_bucket: str, s3_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    s3_server: S3Server,
+    s3_bucket: str,
+    s3_env: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     quant = {"method": "gptq", "bits": 4, "calibrationDataset": "demo"}
     config = write_export(
-        tmp_path / "export.yaml", f"s3://{s3_bucket}/models/gptq", adapter="file:///nonexistent", quantization=quant
+        tmp_path / "export.yaml",
+        f"s3://{s3_bucket}/models/gptq",
+        adapter="file:///nonexistent",
+        quantization=quant,
     )
     assert export_from_files([str(config)]) == 1
     message = Path(s3_env["FINETUNE_TERMINATION_LOG"]).read_text()
@@ -232,15 +259,22 @@ def test_gptq_is_refused_on_cpu_before_any_work(
     assert _objects(s3_server.client(), s3_bucket, "") == {}
 
 
-def test_merge_into_quantized_base_is_refused(model_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_merge_into_quantized_base_is_refused(
+    model_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FINETUNE_TERMINATION_LOG", str(tmp_path / "termination-log"))
     quantized = tmp_path / "nf4-base"
     AutoModelForCausalLM.from_pretrained(
-        tiny_model_path(BASE), quantization_config=BitsAndBytesConfig(load_in_4bit=True), device_map={"": "cpu"}
+        tiny_model_path(BASE),
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True),
+        device_map={"": "cpu"},
     ).save_pretrained(quantized)
     adapter = make_run(tmp_path / "run")
     config = write_export(
-        tmp_path / "export.yaml", f"file://{tmp_path / 'out'}", adapter=f"file://{adapter}", base=f"file://{quantized}"
+        tmp_path / "export.yaml",
+        f"file://{tmp_path / 'out'}",
+        adapter=f"file://{adapter}",
+        base=f"file://{quantized}",
     )
     assert export_from_files([str(config)]) == 1
     message = (tmp_path / "termination-log").read_text()
@@ -248,7 +282,9 @@ def test_merge_into_quantized_base_is_refused(model_cache_dir: Path, tmp_path: P
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_dora_bfloat16_legacy_bin_export(model_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dora_bfloat16_legacy_bin_export(
+    model_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FINETUNE_TERMINATION_LOG", str(tmp_path / "termination-log"))
     adapter = make_run(tmp_path / "run", use_dora=True)
     out = tmp_path / "out"
@@ -258,25 +294,36 @@ def test_dora_bfloat16_legacy_bin_export(model_cache_dir: Path, tmp_path: Path, 
     assert export_from_files([str(config)]) == 0
 
     report = json.loads((tmp_path / "termination-log").read_text())
-    assert report["verification"]["passed"] and "0.05" in report["verification"]["rule"]
+    assert report["verification"]["passed"] and "0.1 " in report["verification"]["rule"]
     assert not list(out.glob("*.safetensors"))
-    assert len(list(out.glob("pytorch_model-*-of-*.bin"))) >= 2 and (out / "pytorch_model.bin.index.json").is_file()
+    assert (
+        len(list(out.glob("pytorch_model-*-of-*.bin"))) >= 2
+        and (out / "pytorch_model.bin.index.json").is_file()
+    )
     merged = AutoModelForCausalLM.from_pretrained(out)
     assert merged.dtype == torch.bfloat16
     ids = probe_ids()
     with torch.no_grad():
         got = merged(input_ids=ids).logits.float()
     want = adapter_logits(BASE, adapter, ids, dtype=torch.bfloat16)
-    assert (got - want).abs().max() <= 0.05 * want.abs().max()
+    assert (got - want).abs().max() <= 0.1 * want.abs().max()
     assert "(dora)" in (out / "README.md").read_text()
 
 
 def test_adapter_only_export_copies_the_adapter(model_cache_dir: Path, tmp_path: Path) -> None:
     adapter = make_run(tmp_path / "run")
     out = tmp_path / "out"
-    config = write_export(tmp_path / "export.yaml", f"file://{out}", adapter=f"file://{adapter}", merge=False, ollamaModelfile=True)
+    config = write_export(
+        tmp_path / "export.yaml",
+        f"file://{out}",
+        adapter=f"file://{adapter}",
+        merge=False,
+        ollamaModelfile=True,
+    )
     assert export_from_files([str(config)]) == 0
-    assert (out / "adapter_model.safetensors").read_bytes() == (adapter / "adapter_model.safetensors").read_bytes()
+    assert (out / "adapter_model.safetensors").read_bytes() == (
+        adapter / "adapter_model.safetensors"
+    ).read_bytes()
     assert not list(out.glob("model*.safetensors"))
     modelfile = (out / "Modelfile").read_text()
     assert f"FROM {BASE}" in modelfile and "ADAPTER ." in modelfile

@@ -51,7 +51,6 @@ def dpo(loss: PreferenceLoss, chosen_ratio: float, beta: float = 0.1) -> Prefere
     )
 
 
-
 def test_sigmoid_is_log2_at_zero_margin_and_falls_as_the_margin_grows() -> None:
     at_zero = dpo(PreferenceLoss.SIGMOID, 0.0)
     assert at_zero.losses.item() == pytest.approx(math.log(2))
@@ -73,10 +72,17 @@ def test_ipo_is_minimal_at_its_target_margin() -> None:
 
 
 def test_reference_losses_refuse_to_run_without_reference() -> None:
-    with pytest.raises(ValueError, match="method.preference.loss: sigmoid needs reference"):
+    with pytest.raises(ValueError, match=r"method\.preference\.loss: sigmoid needs reference"):
         pairwise_loss(PreferenceLoss.SIGMOID, logps([-1.0]), logps([-2.0]), beta=0.1)
     with pytest.raises(ValueError, match="kto is not a pairwise loss"):
-        pairwise_loss(PreferenceLoss.KTO, logps([-1.0]), logps([-2.0]), beta=0.1, ref_chosen=logps([0.0]), ref_rejected=logps([0.0]))
+        pairwise_loss(
+            PreferenceLoss.KTO,
+            logps([-1.0]),
+            logps([-2.0]),
+            beta=0.1,
+            ref_chosen=logps([0.0]),
+            ref_rejected=logps([0.0]),
+        )
 
 
 def test_simpo_shifts_the_margin_by_gamma() -> None:
@@ -103,7 +109,9 @@ def test_kto_weights_each_side_and_clamps_the_kl_estimate() -> None:
     out = kto_loss(policy, reference, torch.tensor([-3.0]), torch.tensor([-2.0]), desirable, beta=1.0)
     assert out.kl.item() == 0.0
     assert out.adjusted.tolist() == pytest.approx([1.0, -1.0])
-    assert out.losses.tolist() == pytest.approx([1 - torch.sigmoid(torch.tensor(1.0)).item(), 1 - torch.sigmoid(torch.tensor(-1.0)).item()])
+    assert out.losses.tolist() == pytest.approx(
+        [1 - torch.sigmoid(torch.tensor(1.0)).item(), 1 - torch.sigmoid(torch.tensor(-1.0)).item()]
+    )
     weighted = kto_loss(
         policy, reference, torch.tensor([-3.0]), torch.tensor([-2.0]), desirable,
         beta=1.0, desirable_weight=2.0, undesirable_weight=0.5,

@@ -41,6 +41,7 @@ LOSSES: dict[str, dict[str, Any]] = {
 
 
 def run_dpo(tmp_path: Path, preference: dict[str, Any], *, finetuning: str = "lora", **training: Any) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "out"
     job = write_stage_job(
         tmp_path / "dpo.yaml",
@@ -81,17 +82,21 @@ def test_full_tuning_learns_against_a_frozen_copy(tmp_path: Path) -> None:
     assert late > early and late > 0
 
 
-def build_trainer(tmp_path: Path, finetuning: str) -> tuple[PreferenceTrainer, torch.nn.Module]:
+def build_trainer(
+    tmp_path: Path, finetuning: str, **preference: Any
+) -> tuple[PreferenceTrainer, torch.nn.Module]:
     """A PreferenceTrainer on the tiny model and the example pairs, as the recipe builds it."""
     spec = FineTuneJobSpec.model_validate(
         {
             "model": {"source": "tiny://llama"},
             "datasets": [{"ref": "data"}],
-            "method": {"stage": "dpo", "finetuning": finetuning, "preference": LOSSES["sigmoid"]},
+            "method": {"stage": "dpo", "finetuning": finetuning, "preference": {**LOSSES["sigmoid"], **preference}},
             "training": {"cutoffLen": 128, "gradientCheckpointing": False},
         }
     )
-    loaded = load_model_and_tokenizer(spec.model, finetuning=spec.method.finetuning, precision=spec.training.precision)
+    loaded = load_model_and_tokenizer(
+        spec.model, finetuning=spec.method.finetuning, precision=spec.training.precision
+    )
     processing = job_processing_config(spec, cache_dir=tmp_path / "data-cache")
     data = prepare_dataset(
         [dataset_config(_preference_dataset(), name="data")],
@@ -142,7 +147,19 @@ def test_full_tuning_reference_is_a_frozen_copy(tmp_path: Path) -> None:
     policy_start = {name: p.detach().clone() for name, p in policy.named_parameters()}
     trainer.train()
     assert all(same_bits(start[name], p) for name, p in reference.named_parameters()), "the reference moved"
-    assert any(not same_bits(policy_start[name], p) for name, p in policy.named_parameters()), "the policy did not"
+    assert any(not same_bits(policy_start[name], p) for name, p in policy.named_parameters()), (
+        "the policy did not"
+    )
+
+
+def test_reference_model_source_is_loaded_frozen(tmp_path: Path) -> None:
+    trainer, policy = build_trainer(tmp_path, "full", referenceModel="tiny://llama?layers=1")
+    reference = trainer.ref_model
+    assert isinstance(reference, LlamaForCausalLM) and reference.config.num_hidden_layers == 1
+    assert policy.config.num_hidden_layers != 1
+    assert not any(p.requires_grad for p in reference.parameters())
+    trainer.train()
+    assert trainer.state.global_step == 3
 
 
 def test_data_without_pairs_is_refused_naming_the_field(tmp_path: Path) -> None:
@@ -156,7 +173,9 @@ def test_data_without_pairs_is_refused_naming_the_field(tmp_path: Path) -> None:
     plan = plan_run([str(job)])  # the API accepts it: the Dataset says ranking: true ...
     ws = open_workspace("dpo", plan.job.spec, plan.output_uri)
     # ... but the rows the trainer gets are plain sft rows without chosen/rejected.
-    sft_rows = dataset_config(_preference_dataset().model_copy(update={"source": f"file://{DATA / 'alpaca.jsonl'}"}))
+    sft_rows = dataset_config(
+        _preference_dataset().model_copy(update={"source": f"file://{DATA / 'alpaca.jsonl'}"})
+    )
     try:
         with pytest.raises(ValueError, match="chosen"):
             run_preference(ws, [sft_rows], plan.documents)

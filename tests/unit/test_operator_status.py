@@ -136,6 +136,23 @@ def test_transition_time_moves_only_when_a_condition_flips() -> None:
     assert fresh.progress is not None and fresh.progress.percent == 50.0 and fresh.progress.eta == "1m"
 
 
+def test_evaluation_scores_from_the_record_land_in_status() -> None:
+    s = spec()
+    running = observe_job(k8s_job(active=1), [pod("Running")])
+    record = {
+        "step": 10,
+        "phase": "Running",
+        "evaluation": {
+            "predict": {"samples": 8, "bleu4": 35.5, "rouge1": 100.0, "rouge2": 0.0, "rougeL": 100.0},
+            "results": "s3://bucket/run/eval_results.json",
+        },
+    }
+    status = build_job_status(s, None, job_verdict(s, running), generation=1, now=NOW, obs=running, record=record)
+    assert status.evaluation is not None and status.evaluation.predict is not None
+    assert status.evaluation.predict.bleu4 == 35.5
+    assert status.evaluation.results == "s3://bucket/run/eval_results.json"
+
+
 def test_cluster_spec_errors_and_dataset_gate() -> None:
     assert cluster_spec_errors(spec()) == []
     assert "spec.output" in cluster_spec_errors(spec(output=None))[0]

@@ -105,3 +105,15 @@ def test_dataset_refs_checked_against_stage() -> None:
     missing = validate_documents([_job()], require_datasets=True)
     assert [str(e) for e in missing[0]] == ["spec.datasets[0].ref: Dataset 'd' not found"]
     assert validate_documents([_job()], require_datasets=False)[0] == []
+
+
+def test_evaluation_datasets_must_exist_too() -> None:
+    job = _job(evaluation={"benchmark": {"dataset": "mmlu"}})
+    dataset = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": "d"},
+        "spec": {"source": "file://x.jsonl", "format": "alpaca"},
+    }
+    missing = validate_documents([job, dataset], require_datasets=True)
+    assert [str(e) for e in missing[0]] == ["spec.evaluation: Dataset 'mmlu' not found"]

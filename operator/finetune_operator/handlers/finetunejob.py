@@ -9,7 +9,7 @@ from typing import Any, Final
 import kopf
 
 from finetune_api.dataset import DatasetStatus
-from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Phase
+from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Phase, dataset_paths
 from finetune_api.resources import Dataset, FineTuneJob
 
 from .. import metrics
@@ -40,12 +40,12 @@ OWNED_JOBS: Final = {MANAGED_BY: MANAGER, OWNER_KIND: "finetunejob"}
 
 def _datasets(kube: Kube, job: FineTuneJob) -> dict[str, Dataset]:
     found = {}
-    for ref in job.spec.datasets:
-        raw = kube.read_custom("datasets", job.metadata.namespace or "default", ref.ref)
+    for _, name in dataset_paths(job.spec):  # training and evaluation data alike
+        raw = kube.read_custom("datasets", job.metadata.namespace or "default", name)
         if raw is not None:
             ds = parse(Dataset, raw)
             ds.status = parse_status(DatasetStatus, raw)
-            found[ref.ref] = ds
+            found[name] = ds
     return found
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from finetune_api.dataset import DatasetPhase
-from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, JobOutputs, Phase, TrainingProgress
+from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, JobOutputs, Phase, dataset_paths
 from finetune_api.progress import ProgressRecord
 from finetune_api.resources import Dataset
 from finetune_api.validation import check_dataset_refs
@@ -40,24 +40,20 @@ def dataset_gate(spec: FineTuneJobSpec, datasets: Mapping[str, Dataset]) -> Verd
     if errors:
         return Verdict(Phase.FAILED, r.DATASET_INVALID, "; ".join(str(e) for e in errors))
     waiting = []
-    for i, ref in enumerate(spec.datasets):
-        ds = datasets.get(ref.ref)
+    for path, name in dataset_paths(spec):
+        ds = datasets.get(name)
         phase = ds.status.phase if ds and ds.status else None
         if ds is None:
-            waiting.append(f"Dataset {ref.ref!r} not found")
+            waiting.append(f"Dataset {name!r} not found")
         elif phase == DatasetPhase.INVALID:
             detail = next((c.message for c in ds.status.conditions if c.message), "") if ds.status else ""
-            return Verdict(
-                Phase.FAILED,
-                r.DATASET_INVALID,
-                f"spec.datasets[{i}].ref: Dataset {ref.ref!r} is Invalid: {detail}",
-            )
+            return Verdict(Phase.FAILED, r.DATASET_INVALID, f"{path}: Dataset {name!r} is Invalid: {detail}")
         elif (
             phase != DatasetPhase.READY
             or ds.status is None
             or ds.status.observed_generation != ds.metadata.generation
         ):
-            waiting.append(f"Dataset {ref.ref!r} is {phase or 'not validated yet'}")
+            waiting.append(f"Dataset {name!r} is {phase or 'not validated yet'}")
     if waiting:
         return Verdict(Phase.PREPARING, r.DATASET_NOT_READY, "; ".join(waiting))
     return None
@@ -146,13 +142,12 @@ def job_conditions(verdict: Verdict) -> dict[str, tuple[bool, str, str]]:
     }
 
 
-def progress_from_record(record: Mapping[str, Any]) -> tuple[TrainingProgress | None, str | None]:
-    """``status.progress`` and the last checkpoint from the trainer's progress record (camelCase JSON)."""
+def parse_record(record: Mapping[str, Any]) -> ProgressRecord | None:
+    """The trainer's progress record (camelCase JSON), or None when it does not parse."""
     try:
-        parsed = ProgressRecord.model_validate(record)
+        return ProgressRecord.model_validate(record)
     except ValueError:
-        return None, None
-    return parsed.progress(), parsed.last_checkpoint or None
+        return None
 
 
 def outputs_for(uri: str, phase: Phase) -> JobOutputs:
@@ -191,10 +186,11 @@ def build_job_status(
         status.restarts = max(obs.failed - (1 if obs.failed_reason else 0), 0)
         final = parse_report(obs.last_message()) if status.phase in TERMINAL else None
         record = final or record
-    if record:
-        progress, checkpoint = progress_from_record(record)
-        status.progress = progress or status.progress
-        status.last_checkpoint = checkpoint or status.last_checkpoint
+    parsed = parse_record(record) if record else None
+    if parsed is not None:
+        status.progress = parsed.progress()
+        status.last_checkpoint = parsed.last_checkpoint or status.last_checkpoint
+        status.evaluation = parsed.evaluation or status.evaluation
     if status.phase in TERMINAL:
         status.completion_time = status.completion_time or (obs.completion_time if obs else None) or now
     if spec.output and status.phase in (Phase.RUNNING, *TERMINAL) and obs is not None:

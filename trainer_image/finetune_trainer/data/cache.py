@@ -33,6 +33,8 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     digest.update(str(tokenizer.name_or_path).encode())
     if isinstance(tokenizer, PreTrainedTokenizerFast):
         digest.update(tokenizer.backend_tokenizer.to_str().encode())
+        # splitSpecialTokens changes how the same text encodes, without changing the serialised model.
+        digest.update(str(tokenizer.backend_tokenizer.encode_special_tokens).encode())
     else:
         digest.update(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode())
     digest.update(json.dumps([tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token]).encode())

@@ -11,7 +11,10 @@ from transformers import GenerationConfig
 
 from finetune_api.evaluation import GenerationSettings
 
+from ..data import ChatTemplate, stop_token_ids
 from .choice import left_padded
+
+_PROBE = "zq"  # an answer text that the template wraps, to see what follows an answer
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,20 @@ class Prediction:
         return asdict(self)
 
 
+def answer_stop_ids(template: ChatTemplate, tokenizer: Any) -> list[int]:
+    """Tokens that end an answer: the template's stop tokens plus the end-of-turn token it writes after
+    an answer (e.g. ChatML's <|im_end|> when the tokenizer's EOS is another token)."""
+    ids = stop_token_ids(template, tokenizer)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+    answer = template.render_pairs(messages, "", "")[-1][1]  # type: ignore[arg-type]
+    tail = answer[answer.find(_PROBE) + len(_PROBE) :]
+    tail_ids = tokenizer.encode(tail, add_special_tokens=False) if tail else []
+    added = set(tokenizer.get_added_vocab().values())
+    if tail_ids and tail_ids[0] in added and tail_ids[0] not in ids:
+        ids.append(tail_ids[0])
+    return ids
+
+
 def generation_config(settings: GenerationSettings, *, pad_id: int, stop_ids: Sequence[int]) -> GenerationConfig:
     """transformers' GenerationConfig of ``evaluation.predict.generation``.
 
@@ -38,6 +55,7 @@ def generation_config(settings: GenerationSettings, *, pad_id: int, stop_ids: Se
         "max_new_tokens": settings.max_new_tokens,
         "repetition_penalty": settings.repetition_penalty,
         "pad_token_id": pad_id,
+        "use_cache": True,  # training switched it off in the model config
         "eos_token_id": list(stop_ids),
     }
     if settings.do_sample:
@@ -71,7 +89,7 @@ def generate_predictions(
         batch = rows[start : start + batch_size]
         ids, mask = left_padded([r["input_ids"] for r in batch], pad)
         generated = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config, use_cache=True
+            input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config
         )
         answers = tokenizer.batch_decode(generated[:, ids.shape[1] :], skip_special_tokens=True)
         labels = tokenizer.batch_decode([r["labels"] for r in batch], skip_special_tokens=True)

@@ -28,7 +28,7 @@ from ..data import (
 from ..data.loader import load_rows
 from ..train.workspace import Workspace
 from .choice import BenchmarkPlan, plan_benchmark, read_questions, score_benchmark
-from .predict import generate_predictions
+from .predict import answer_stop_ids, generate_predictions
 from .report import evaluation_status, publish_evaluation
 from .scores import score_predictions
 
@@ -153,7 +153,7 @@ def run_evaluation(
                 tokenizer,
                 plan.predict_rows,
                 plan.spec.predict.generation,
-                stop_ids=stop_token_ids(plan.template, tokenizer),
+                stop_ids=answer_stop_ids(plan.template, tokenizer),
                 batch_size=plan.spec.predict.batch_size,
             )
             similarity = score_predictions([p.predict for p in predictions], [p.label for p in predictions])

@@ -18,9 +18,7 @@ from finetune_api.resources import Dataset
 
 from .verify import LogitsCheck
 
-CHATML_TEMPLATE = (
-    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
-)
+CHATML_TEMPLATE = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 LLAMA3_TEMPLATE = (
     "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
     "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
@@ -77,7 +75,12 @@ def _training_sections(facts: CardFacts) -> list[str]:
     lines: list[str] = []
     if facts.training is not None:
         method = facts.training.method
-        lines += ["", "## Method", "", f"Stage `{method.stage.value}`, fine-tuning `{method.finetuning.value}`."]
+        lines += [
+            "",
+            "## Method",
+            "",
+            f"Stage `{method.stage.value}`, fine-tuning `{method.finetuning.value}`.",
+        ]
         if method.lora is not None and facts.method in ("lora", "dora"):
             lines += ["", *_table(method.lora.to_wire())]
         lines += ["", "## Hyper-parameters", "", *_table(facts.training.training.to_wire())]
@@ -98,9 +101,20 @@ def model_card(facts: CardFacts) -> str:
     """README.md: base, method, data, hyper-parameters, metrics of the run, and how it was exported."""
     spec = facts.export
     lines = [f"# {facts.name}", "", f"Fine-tuned from `{facts.base}` with finetune-operator."]
-    lines += ["", "## Base model", "", f"- base: `{facts.base}`", f"- adapter: `{facts.adapter or 'none'}` ({facts.method})"]
+    lines += [
+        "",
+        "## Base model",
+        "",
+        f"- base: `{facts.base}`",
+        f"- adapter: `{facts.adapter or 'none'}` ({facts.method})",
+    ]
     lines += _training_sections(facts)
-    export_rows: dict[str, Any] = {"merged": spec.merge, "dtype": spec.dtype, "format": spec.format, "shardSize": spec.shard_size}
+    export_rows: dict[str, Any] = {
+        "merged": spec.merge,
+        "dtype": spec.dtype,
+        "format": spec.format,
+        "shardSize": spec.shard_size,
+    }
     if spec.quantization is not None:
         export_rows["quantization"] = f"{spec.quantization.method} {spec.quantization.bits}-bit"
     lines += ["", "## Export", "", *_table(export_rows)]
@@ -120,7 +134,9 @@ def ollama_template(chat_template: str | None) -> str | None:
     return None
 
 
-def modelfile(*, chat_template: str | None, stop_tokens: list[str], adapter_only: bool = False, base: str = "") -> str:
+def modelfile(
+    *, chat_template: str | None, stop_tokens: list[str], adapter_only: bool = False, base: str = ""
+) -> str:
     """An Ollama Modelfile for the exported folder (``ollama create NAME -f Modelfile`` run inside it)."""
     lines = ["# Ollama Modelfile written by finetune-operator; run `ollama create <name>` in this folder."]
     if adapter_only:

@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..datacheck import DEFAULT_TERMINATION_LOG, TERMINATION_LOG_ENV, TERMINATION_MAX
 from ..storage import IncompleteArtifactError
-from .pipeline import run_export
+from .pipeline import pin_mmap_threshold, run_export
 from .plan import plan_export
 
 log = logging.getLogger("finetune")
@@ -55,6 +55,7 @@ def export_from_files(files: Sequence[str]) -> int:
     logging.basicConfig(
         level=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
     )
+    pin_mmap_threshold()  # process-wide allocator policy: set by the command, not the library
     root = Path(os.environ.get("FINETUNE_WORK_DIR") or tempfile.mkdtemp(prefix="finetune-export-"))
     try:
         plan = plan_export(files)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import json
@@ -13,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from ..model.loader import cuda_available
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 README, MODELFILE = "README.md", "Modelfile"
 TRAINER_LOG, RESOLVED_SPEC = "trainer_log.jsonl", "job.yaml"
 MiB = 2**20
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
 class ExportVerificationError(ValueError):
@@ -53,7 +56,9 @@ class ExportResult:
             "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
             "sizeBytes": manifest.total_size,
             "manifest": f"{self.uri.rstrip('/')}/{MANIFEST_NAME}",
-            "verification": self.check.to_report() if self.check else {"passed": True, "rule": "adapter copied as is"},
+            "verification": self.check.to_report()
+            if self.check
+            else {"passed": True, "rule": "adapter copied as is"},
             "uploadedFiles": len(self.upload.uploaded),
             "skippedFiles": len(self.upload.skipped),
             "peakRssBytes": self.peak_rss_bytes,
@@ -83,13 +88,22 @@ def read_run_files(plan: ExportPlan) -> tuple[str | None, list[dict[str, Any]]]:
     return job_yaml, [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def pin_mmap_threshold(nbytes: int = 4 * MiB) -> None:
+    """Serve every allocation above ``nbytes`` with its own mmap, returned to the OS when freed.
+
+    glibc otherwise raises the threshold after each large free, so per-layer temporaries of the
+    merge land in the heap and stay resident; measured on a 376 MiB bf16 export this saves about
+    a third of the memory above the model itself.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, nbytes)
+
+
 def release_memory() -> None:
     """Collect garbage and hand freed heap back to the OS, so a reload does not stack on the old copy."""
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the allocator keeps its pages
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the allocator keeps its pages, correctness is unaffected
-        pass
 
 
 def peak_rss_bytes() -> int:
@@ -98,7 +112,9 @@ def peak_rss_bytes() -> int:
 
 
 def _reload(folder: Path, source: SourceModel, *, quantized: bool) -> Any:
-    kwargs: dict[str, Any] = {"device_map": {"": 0 if cuda_available() else "cpu"}} if quantized else {"dtype": source.dtype}
+    kwargs: dict[str, Any] = (
+        {"device_map": {"": 0 if cuda_available() else "cpu"}} if quantized else {"dtype": source.dtype}
+    )
     return source.auto_class.from_pretrained(folder, **kwargs)
 
 
@@ -106,15 +122,27 @@ def write_merged(source: SourceModel, out: Path, plan: ExportPlan, uploader: Exp
     """Merge and write the model folder shard by shard (each shard handed to ``uploader``)."""
     hook = uploader.submit if uploader is not None else None
     model = merge(source)
-    source.model = None  # type: ignore[assignment]  # drop the last reference but ours
+    source.model = None  # drop the last reference but ours
     write_model_metadata(model, source.tokenizer, out, on_file=hook)
-    write_weight_shards(model, out, max_shard_size=parse_size(plan.spec.shard_size), weight_format=plan.spec.format, on_file=hook)
+    write_weight_shards(
+        model,
+        out,
+        max_shard_size=parse_size(plan.spec.shard_size),
+        weight_format=plan.spec.format,
+        on_file=hook,
+    )
 
 
-def export_weights(plan: ExportPlan, source: SourceModel, out: Path, work: Path, uploader: ExportUploader) -> LogitsCheck:
+def export_weights(
+    plan: ExportPlan, source: SourceModel, out: Path, work: Path, uploader: ExportUploader
+) -> LogitsCheck:
     """Write the merged (and maybe quantized) model into ``out`` and check it against the adapter model."""
     inputs = probe_inputs(source.tokenizer)
     reference = probe_logits(source.model, inputs)
+    base = None
+    if isinstance(source.model, PeftModel):
+        with source.model.disable_adapter():
+            base = probe_logits(source.model, inputs)
     quant = plan.spec.quantization
     if quant is None:
         write_merged(source, out, plan, uploader)
@@ -125,7 +153,9 @@ def export_weights(plan: ExportPlan, source: SourceModel, out: Path, work: Path,
         release_memory()
         size = parse_size(plan.spec.shard_size)
         if quant.method == "gptq":
-            quantize_gptq(staging, out, quant=quant, tokenizer=source.tokenizer, texts=texts, max_shard_size=size)
+            quantize_gptq(
+                staging, out, quant=quant, tokenizer=source.tokenizer, texts=texts, max_shard_size=size
+            )
         else:
             quantize_bitsandbytes(staging, out, bits=quant.bits, dtype=source.dtype, max_shard_size=size)
         source.tokenizer.save_pretrained(out)
@@ -135,13 +165,17 @@ def export_weights(plan: ExportPlan, source: SourceModel, out: Path, work: Path,
     exported = probe_logits(reloaded, inputs)
     del reloaded
     release_memory()
-    return compare_logits(reference, exported, rtol=rtol_for(source.dtype, quant.bits if quant else None))
+    return compare_logits(
+        reference, exported, rtol=rtol_for(source.dtype, quant.bits if quant else None), base=base
+    )
 
 
 def export_adapter_only(source: SourceModel, out: Path) -> None:
     """merge: false — the adapter's own files, as trained."""
     assert source.adapter_path is not None
-    shutil.copytree(source.adapter_path, out, ignore=shutil.ignore_patterns(MANIFEST_NAME), dirs_exist_ok=True)
+    shutil.copytree(
+        source.adapter_path, out, ignore=shutil.ignore_patterns(MANIFEST_NAME), dirs_exist_ok=True
+    )
 
 
 def write_extras(plan: ExportPlan, source: SourceModel, out: Path, check: LogitsCheck | None) -> None:
@@ -149,7 +183,17 @@ def write_extras(plan: ExportPlan, source: SourceModel, out: Path, check: Logits
     if plan.spec.model_card:
         job_yaml, records = read_run_files(plan)
         training, datasets = training_spec_of(plan, job_yaml)
-        facts = CardFacts(plan.name, plan.model.source, source.method, plan.adapter, plan.spec, training, datasets, records, check)
+        facts = CardFacts(
+            plan.name,
+            plan.model.source,
+            source.method,
+            plan.adapter,
+            plan.spec,
+            training,
+            datasets,
+            records,
+            check,
+        )
         (out / README).write_text(model_card(facts), encoding="utf-8")
     if plan.spec.ollama_modelfile:
         tokenizer: PreTrainedTokenizerBase = source.tokenizer
@@ -181,8 +225,14 @@ def run_export(plan: ExportPlan, work_dir: Path) -> ExportResult:
         else:
             check = export_weights(plan, source, out, work_dir, uploader)
             log.info("self-check: %s", check.describe())
+            if check.adapter_effect is not None and check.adapter_effect <= check.tolerance:
+                log.warning(
+                    "the adapter's effect is within the tolerance: the check cannot tell a lost merge"
+                )
             if not check.passed:
-                raise ExportVerificationError(f"the exported model does not match the adapter model: {check.describe()}")
+                raise ExportVerificationError(
+                    f"the exported model does not match the adapter model: {check.describe()}"
+                )
         write_extras(plan, source, out, check)
         result = uploader.finish()
     except BaseException:

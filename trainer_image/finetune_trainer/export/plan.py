@@ -102,8 +102,13 @@ def plan_export(files: Sequence[str], *, export_name: str | None = None) -> Expo
         names = ", ".join(e.metadata.name for e in exports) or "none"
         raise ValueError(f"expected exactly one Export among the files; found {names}")
     export = exports[0]
-    jobs = {j.metadata.name: j for j in (FineTuneJob.model_validate(b) for b in bodies if b.get("kind") == "FineTuneJob")}
-    datasets = {d.metadata.name: d for d in (Dataset.model_validate(b) for b in bodies if b.get("kind") == "Dataset")}
+    jobs = {
+        j.metadata.name: j
+        for j in (FineTuneJob.model_validate(b) for b in bodies if b.get("kind") == "FineTuneJob")
+    }
+    datasets = {
+        d.metadata.name: d for d in (Dataset.model_validate(b) for b in bodies if b.get("kind") == "Dataset")
+    }
     spec = export.spec
     ref = spec.fine_tune_job_ref
     if ref is not None:
@@ -111,12 +116,16 @@ def plan_export(files: Sequence[str], *, export_name: str | None = None) -> Expo
         if job is None:
             raise ValueError(f"spec.fineTuneJobRef: FineTuneJob {ref!r} is not among the files")
         adapter = job_adapter_uri(job)
-        return ExportPlan(export.metadata.name, spec, job.spec.model, adapter, parent_uri(adapter), job, datasets)
+        return ExportPlan(
+            export.metadata.name, spec, job.spec.model, adapter, parent_uri(adapter), job, datasets
+        )
     assert spec.model is not None  # the schema's exactly-one rule
     adapter = spec.adapter
     run_uri = parent_uri(adapter) if adapter else None
     job = _job_beside(jobs, adapter)
-    return ExportPlan(export.metadata.name, spec, ModelSpec(source=spec.model), adapter, run_uri, job, datasets)
+    return ExportPlan(
+        export.metadata.name, spec, ModelSpec(source=spec.model), adapter, run_uri, job, datasets
+    )
 
 
 def _job_beside(jobs: dict[str, FineTuneJob], adapter: str | None) -> FineTuneJob | None:

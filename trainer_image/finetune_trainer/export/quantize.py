@@ -63,7 +63,10 @@ def quantize_bitsandbytes(
         config = BitsAndBytesConfig(load_in_8bit=True)
     else:
         config = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
         )
     model = AutoModelForCausalLM.from_pretrained(
         merged_dir, quantization_config=config, dtype=dtype, device_map=_placement()
@@ -94,7 +97,9 @@ def calibration_texts(plan: ExportPlan, quant: ExportQuantizationSpec, work_dir:
         if len(texts) >= quant.samples:
             break
     if not texts:
-        raise ValueError(f"spec.quantization.calibrationDataset: Dataset {name!r} has no text to calibrate on")
+        raise ValueError(
+            f"spec.quantization.calibrationDataset: Dataset {name!r} has no text to calibrate on"
+        )
     return texts
 
 

@@ -80,7 +80,11 @@ def write_weight_shards(
 
 
 def write_model_metadata(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path, *, on_file: FileHook | None = None
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    folder: Path,
+    *,
+    on_file: FileHook | None = None,
 ) -> list[Path]:
     """config.json, generation_config.json and the tokenizer files (chat template included)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,9 @@ PROBE_TEXTS = (
 PROBE_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 RTOL: dict[str, float] = {
     "float32": 1e-4,
-    "float16": 1e-2,
-    "bfloat16": 5e-2,
+    # Half precision rounds every merged weight; the error compounds over the layers.
+    "float16": 2e-2,
+    "bfloat16": 1e-1,
     # Quantization error on small random models reaches tens of percent of the largest logit;
     # a model whose weights were scrambled or misnamed lands well above 100%.
     "int8": 0.2,
@@ -41,6 +42,8 @@ class LogitsCheck:
     top1_agreement: float
     """Share of positions where both models predict the same next token."""
     probes: int
+    adapter_effect: float | None = None
+    """max |adapter - base| logit: what a merge that lost the adapter would be off by."""
 
     @property
     def tolerance(self) -> float:
@@ -56,6 +59,11 @@ class LogitsCheck:
             f"max |exported - adapter| logit = {self.max_abs_diff:.3g}, tolerance {self.tolerance:.3g} "
             f"(rtol {self.rtol:g} x max |logit| {self.reference_max:.3g}) over {self.probes} probes; "
             f"top-1 agreement {self.top1_agreement:.1%}"
+            + (
+                f"; the adapter itself moves logits by up to {self.adapter_effect:.3g}"
+                if self.adapter_effect is not None
+                else ""
+            )
         )
 
     def to_report(self) -> dict[str, Any]:
@@ -65,6 +73,7 @@ class LogitsCheck:
             "tolerance": round(self.tolerance, 6),
             "rule": f"max|exported-adapter| <= {self.rtol:g} * max|adapter logits|",
             "top1Agreement": round(self.top1_agreement, 4),
+            **({"adapterEffect": round(self.adapter_effect, 6)} if self.adapter_effect is not None else {}),
         }
 
 
@@ -72,7 +81,9 @@ def probe_inputs(tokenizer: PreTrainedTokenizerBase) -> list[torch.Tensor]:
     """Token ids of the fixed probes (one tensor of shape [1, n] each)."""
     texts = list(PROBE_TEXTS)
     if tokenizer.chat_template:
-        texts.append(tokenizer.apply_chat_template(PROBE_MESSAGES, tokenize=False, add_generation_prompt=True))
+        texts.append(
+            tokenizer.apply_chat_template(PROBE_MESSAGES, tokenize=False, add_generation_prompt=True)
+        )
     return [tokenizer(text, return_tensors="pt").input_ids for text in texts]
 
 
@@ -84,13 +95,25 @@ def probe_logits(model: torch.nn.Module, inputs: list[torch.Tensor]) -> list[tor
     return [model(input_ids=ids.to(device)).logits.float().cpu() for ids in inputs]
 
 
-def compare_logits(reference: list[torch.Tensor], exported: list[torch.Tensor], *, rtol: float) -> LogitsCheck:
-    """Compare two models' logits on the same probes."""
-    diff = max(float((r - e).abs().max()) for r, e in zip(reference, exported, strict=True))
+def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Largest absolute difference between two models' logits over all probes (NaN when any is NaN)."""
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def compare_logits(
+    reference: list[torch.Tensor],
+    exported: list[torch.Tensor],
+    *,
+    rtol: float,
+    base: list[torch.Tensor] | None = None,
+) -> LogitsCheck:
+    """Compare the export's logits with the adapter model's; ``base`` (without the adapter) sizes its effect."""
+    diff = max_abs_diff(reference, exported)
     top = max(float(r.abs().max()) for r in reference)
     same = sum(int((r.argmax(-1) == e.argmax(-1)).sum()) for r, e in zip(reference, exported, strict=True))
     positions = sum(r.shape[0] * r.shape[1] for r in reference)
-    return LogitsCheck(diff, top, rtol, same / positions, len(reference))
+    effect = max_abs_diff(reference, base) if base is not None else None
+    return LogitsCheck(diff, top, rtol, same / positions, len(reference), effect)
 
 
 def rtol_for(dtype: torch.dtype, quant_bits: int | None) -> float:

@@ -7,6 +7,7 @@ Invariant after :func:`prepare_model_for_training`: exactly the parameters the m
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
@@ -14,6 +15,7 @@ from transformers import PreTrainedModel
 
 from finetune_api.method import Finetuning, FreezeSpec, LoraSpec, MethodSpec
 
+from .llama_pro import expand_llama_pro
 from .loader import is_quantized
 
 log = logging.getLogger(__name__)
@@ -123,19 +125,26 @@ def decoder_layers_prefix(model: torch.nn.Module, num_layers: int) -> str:
     raise ValueError("method.freeze: cannot find the model's decoder layers")
 
 
-def freeze_trainable_names(model: PreTrainedModel, freeze: FreezeSpec) -> set[str]:
+def freeze_trainable_names(
+    model: PreTrainedModel, freeze: FreezeSpec, *, layer_ids: Sequence[int] | None = None
+) -> set[str]:
     """Names of the parameters ``method.freeze`` trains: chosen modules of the last (or first) N layers + extras.
+
+    ``layer_ids`` overrides ``trainableLayers`` (LLaMA Pro trains exactly its new blocks).
 
     Raises:
         ValueError: more layers than the model has, or module names matching nothing.
     """
     num_layers = model.config.get_text_config().num_hidden_layers
     count = abs(freeze.trainable_layers)
-    if count > num_layers:
+    if layer_ids is not None:
+        ids: Sequence[int] = layer_ids
+    elif count > num_layers:
         raise ValueError(
             f"method.freeze.trainableLayers: {freeze.trainable_layers} but the model has {num_layers} layers"
         )
-    ids = range(num_layers - count, num_layers) if freeze.trainable_layers > 0 else range(count)
+    else:
+        ids = range(num_layers - count, num_layers) if freeze.trainable_layers > 0 else range(count)
     prefix = decoder_layers_prefix(model, num_layers) + "."
     everything = freeze.trainable_modules == ["all"]
     chosen: set[str] = set()
@@ -158,9 +167,11 @@ def freeze_trainable_names(model: PreTrainedModel, freeze: FreezeSpec) -> set[st
     return chosen
 
 
-def apply_freeze(model: PreTrainedModel, freeze: FreezeSpec) -> PreTrainedModel:
-    """Train only what ``method.freeze`` names; everything else gets ``requires_grad=False``."""
-    trainable = freeze_trainable_names(model, freeze)
+def apply_freeze(
+    model: PreTrainedModel, freeze: FreezeSpec, *, layer_ids: Sequence[int] | None = None
+) -> PreTrainedModel:
+    """Train only what ``method.freeze`` names (in ``layer_ids`` when given); the rest gets ``requires_grad=False``."""
+    trainable = freeze_trainable_names(model, freeze, layer_ids=layer_ids)
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
     return model
@@ -187,16 +198,20 @@ def prepare_model_for_training(
     *,
     adapter: str | None = None,
     vocab_resized: bool = False,
+    llama_pro_blocks: int | None = None,
 ) -> PreTrainedModel | PeftModel:
     """Apply ``method.finetuning`` to a loaded model and return the model to train.
 
-    ``adapter`` and ``vocab_resized`` come from :class:`~finetune_trainer.model.loader.LoadedModel`.
+    ``adapter`` and ``vocab_resized`` come from :class:`~finetune_trainer.model.loader.LoadedModel`,
+    ``llama_pro_blocks`` from ``model.llamaProBlocks``.
     lora → a PeftModel (QLoRA when the base is quantized); freeze → the same model with only the
-    chosen parameters trainable; full → every parameter trainable.
+    chosen parameters trainable (with LLaMA Pro: in the new blocks only); full → every parameter trainable.
 
     Raises:
         ValueError: a combination the method cannot honour, naming the spec field.
     """
+    if llama_pro_blocks and method.finetuning != Finetuning.FREEZE:
+        raise ValueError("model.llamaProBlocks: trains only the new blocks; needs method.finetuning: freeze")
     if method.finetuning != Finetuning.LORA and is_quantized(model):
         raise ValueError(
             f"model.quantization: needs method.finetuning: lora (QLoRA), not {method.finetuning.value}"
@@ -206,7 +221,8 @@ def prepare_model_for_training(
             model, method.lora_or_default(), adapter=adapter, vocab_resized=vocab_resized
         )
     elif method.finetuning == Finetuning.FREEZE:
-        prepared = apply_freeze(model, method.freeze_or_default())
+        new_blocks = expand_llama_pro(model, llama_pro_blocks) if llama_pro_blocks else None
+        prepared = apply_freeze(model, method.freeze_or_default(), layer_ids=new_blocks)
         if vocab_resized and not model.get_input_embeddings().weight.requires_grad:
             log.warning(
                 "new tokens were added but embed_tokens is frozen: add it to method.freeze.extraModules"

@@ -29,6 +29,8 @@ from transformers import (
 from finetune_api.finetunejob import Attention, ModelSpec, Precision, QuantizationSpec, RopeScalingSpec
 from finetune_api.method import Finetuning
 
+from .knobs import apply_liger_kernel, check_kernel_knobs, upcast_layernorms, upcast_lmhead_output
+from .shift_attention import register_shift_short_attention
 from .sources import fetch_source
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,12 @@ def check_model_spec(spec: ModelSpec, *, finetuning: Finetuning) -> None:
         raise ValueError(
             f"model.adapter: continuing an adapter needs method.finetuning: lora, not {finetuning.value}"
         )
+    if not spec.use_fast_tokenizer:
+        raise ValueError("model.useFastTokenizer: false cannot be honoured: transformers 5 always loads the fast tokenizer")
+    if spec.shift_attention and spec.attention not in (Attention.AUTO, Attention.SDPA):
+        raise ValueError(f"model.shiftAttention: works with attention auto or sdpa, not {spec.attention.value}")
+    if spec.llama_pro_blocks is not None and finetuning != Finetuning.FREEZE:
+        raise ValueError(f"model.llamaProBlocks: trains only the new blocks; needs method.finetuning: freeze, not {finetuning.value}")
 
 
 def bnb_config(quantization: QuantizationSpec, *, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
@@ -195,10 +203,23 @@ def enable_gradient_checkpointing(model: PreTrainedModel, *, adapters: bool) -> 
         model.enable_input_require_grads()
 
 
+def apply_model_knobs(model: PreTrainedModel, spec: ModelSpec) -> None:
+    """``model.ligerKernel``, ``upcastLayernorm`` and ``upcastLmheadOutput`` on a loaded model."""
+    if spec.liger_kernel:
+        apply_liger_kernel(model)
+    if spec.upcast_layernorm:
+        log.info("upcastLayernorm: %d norm tensors kept in fp32", upcast_layernorms(model))
+    if spec.upcast_lmhead_output:
+        upcast_lmhead_output(model)
+
+
 def load_tokenizer(path: str, *, spec: ModelSpec) -> PreTrainedTokenizerBase:
     """The model's tokenizer, right-padded for training, with a pad token (eos when it has none)."""
     tokenizer = AutoTokenizer.from_pretrained(
-        path, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        path,
+        revision=spec.revision,
+        trust_remote_code=spec.trust_remote_code,
+        split_special_tokens=spec.split_special_tokens,
     )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -227,6 +248,9 @@ def load_model_and_tokenizer(
     cuda = cuda_available()
     dtype = resolve_dtype(precision, cuda=cuda)
     attention = resolve_attention(spec.attention, cuda=cuda, dtype=dtype)
+    check_kernel_knobs(spec, cuda=cuda)
+    if spec.shift_attention:
+        attention = register_shift_short_attention()  # SDPA at inference, grouped and shifted in training
     path = fetch_source(spec.source, field="model.source")
     adapter_path = fetch_source(spec.adapter, field="model.adapter") if spec.adapter else None
 
@@ -257,6 +281,7 @@ def load_model_and_tokenizer(
         **kwargs,
     )
     vocab_resized = resize_embeddings_to_tokenizer(model, tokenizer)
+    apply_model_knobs(model, spec)
     if gradient_checkpointing:
         enable_gradient_checkpointing(model, adapters=finetuning != Finetuning.FULL)
     log.info("loaded %s (%s, %s, attention=%s)", spec.source, type(model).__name__, dtype, attention)

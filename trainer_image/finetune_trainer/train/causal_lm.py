@@ -46,7 +46,11 @@ def run_causal_lm(ws: Workspace, datasets: Sequence[DatasetConfig], documents: l
     # The KV cache is for generation; with it on, transformers drops the packed per-sample mask.
     loaded.model.config.use_cache = False
     model = prepare_model_for_training(
-        loaded.model, spec.method, adapter=loaded.adapter_path, vocab_resized=loaded.vocab_resized
+        loaded.model,
+        spec.method,
+        adapter=loaded.adapter_path,
+        vocab_resized=loaded.vocab_resized,
+        llama_pro_blocks=spec.model.llama_pro_blocks,
     )
     optimizer = build_optimizer(model, spec.method, spec.training)
 

@@ -17,7 +17,12 @@ def warn_skipped_rows(data: PreparedData) -> None:
     """Log each dataset's malformed rows (they were dropped by the data worker)."""
     for summary in data.summaries:
         if summary.num_errors:
-            log.warning("%s: %d malformed rows skipped, first: %s", summary.name, summary.num_errors, summary.errors[:3])
+            log.warning(
+                "%s: %d malformed rows skipped, first: %s",
+                summary.name,
+                summary.num_errors,
+                summary.errors[:3],
+            )
 
 
 def train_and_save(

@@ -67,7 +67,9 @@ def check_ppo_spec(spec: FineTuneJobSpec) -> PpoSpec:
     if spec.method.lora_or_default().loraplus_lr_ratio is not None:
         raise ValueError("spec.method.lora.loraplusLrRatio: not supported by stage ppo")
     if spec.distributed.deepspeed is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("spec.resources: stage ppo runs in one process on one device; drop distributed and use one GPU")
+        raise ValueError(
+            "spec.resources: stage ppo runs in one process on one device; drop distributed and use one GPU"
+        )
     return ppo
 
 
@@ -76,7 +78,7 @@ def build_reward(ppo: PpoSpec, model: PeftModel, tokenizer: object, dtype: torch
     path = fetch_source(ppo.reward_model, field=REWARD_FIELD)
     if ppo.reward_model_type == "lora":
         return attach_reward_adapter(model, path)
-    reward = load_full_reward(path, policy_tokenizer=tokenizer, dtype=dtype)  # type: ignore[arg-type]
+    reward = load_full_reward(path, policy_tokenizer=tokenizer, dtype=dtype)
     reward.model.to(next(model.parameters()).device)
     return reward
 
@@ -88,7 +90,9 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def run_ppo(ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, object]]) -> TrainOutcome:
+def run_ppo(
+    ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, object]]
+) -> TrainOutcome:
     """Train ``ws.spec`` (stage ppo) on the prompts of ``datasets``; ``documents`` are saved as the resolved spec."""
     spec = ws.spec
     ppo = check_ppo_spec(spec)
@@ -98,7 +102,12 @@ def run_ppo(ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[di
     data = prepare_dataset(datasets, processing, tokenizer)
     for summary in data.summaries:
         if summary.num_errors:
-            log.warning("%s: %d malformed rows skipped, first: %s", summary.name, summary.num_errors, summary.errors[:3])
+            log.warning(
+                "%s: %d malformed rows skipped, first: %s",
+                summary.name,
+                summary.num_errors,
+                summary.errors[:3],
+            )
 
     loaded = load_model_and_tokenizer(
         spec.model,
@@ -131,14 +140,14 @@ def run_ppo(ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[di
     )
     train_rows = data.train.remove_columns([c for c in ("labels", "prompt") if c in data.train.column_names])
     loader = DataLoader(
-        train_rows,  # type: ignore[arg-type]
+        train_rows,
         batch_size=settings.rollout_batch,
         shuffle=True,
-        drop_last=len(train_rows) >= settings.rollout_batch,  # type: ignore[arg-type]
+        drop_last=len(train_rows) >= settings.rollout_batch,
         collate_fn=make_collator(processing, loaded.tokenizer),
         generator=torch.Generator().manual_seed(t.seed),
     )
-    settings.max_steps = total_steps(t.max_steps, t.epochs, len(train_rows), settings.rollout_batch)  # type: ignore[arg-type]
+    settings.max_steps = total_steps(t.max_steps, t.epochs, len(train_rows), settings.rollout_batch)
     policy_params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         [{"params": policy_params}, {"params": list(value_head.parameters())}],

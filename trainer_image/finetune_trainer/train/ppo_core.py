@@ -39,7 +39,12 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
 
 
 def kl_penalized_rewards(
-    scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, *, kl_coef: float
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kl_coef: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards: ``-kl_coef * (logp - ref_logp)`` on every token, plus the score on the last one.
 
@@ -75,7 +80,12 @@ def gae_advantages(
 
 
 def clipped_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *, clip: float
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PPO's clipped surrogate (to minimise); returns ``(loss, clip_fraction)``."""
     ratio = torch.exp(logprobs - old_logprobs)

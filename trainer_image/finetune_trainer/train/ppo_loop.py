@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 from torch.utils.data import DataLoader
-from transformers import TrainerControl, TrainerState, TrainingArguments
+from transformers import DefaultFlowCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler
 
 from finetune_api.method import GenerationSpec, PpoSpec
@@ -66,7 +66,12 @@ class PpoSettings:
 
 def select(rollout: Rollout, rows: torch.Tensor) -> Rollout:
     """The rows ``rows`` of a rollout."""
-    return Rollout(rollout.input_ids[rows], rollout.attention_mask[rows], rollout.prompt_length, rollout.response_mask[rows])
+    return Rollout(
+        rollout.input_ids[rows],
+        rollout.attention_mask[rows],
+        rollout.prompt_length,
+        rollout.response_mask[rows],
+    )
 
 
 def response_mask_of(responses: torch.Tensor, stop_ids: torch.Tensor) -> torch.Tensor:
@@ -97,10 +102,13 @@ class PpoLoop:
         self.kl_ctl = KLController(INIT_KL_COEF, settings.ppo.target_kl)
         self.score_moments = RunningMoments()
         self.device = next(model.parameters()).device
-        self.args = TrainingArguments(output_dir=str(output_dir), report_to=[], use_cpu=self.device.type == "cpu")
+        self.args = TrainingArguments(
+            output_dir=str(output_dir), report_to=[], use_cpu=self.device.type == "cpu"
+        )
         self.state = TrainerState(max_steps=settings.max_steps, logging_steps=settings.logging_steps)
         self.control = TrainerControl()
-        self.handler = CallbackHandler(callbacks, model, None, optimizer, scheduler)
+        # DefaultFlowCallback only silences the handler's warning: this loop decides when to log and save.
+        self.handler = CallbackHandler([DefaultFlowCallback(), *callbacks], model, None, optimizer, scheduler)
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.history: list[dict[str, float]] = []
 
@@ -132,7 +140,10 @@ class PpoLoop:
         mask = response_mask_of(responses, torch.tensor(self.s.stop_token_ids, device=self.device))
         responses = responses.masked_fill(mask == 0, self.s.pad_token_id)
         return Rollout(
-            torch.cat([prompt_ids, responses], dim=1), torch.cat([prompt_mask, mask], dim=1), prompt_ids.shape[1], mask
+            torch.cat([prompt_ids, responses], dim=1),
+            torch.cat([prompt_mask, mask], dim=1),
+            prompt_ids.shape[1],
+            mask,
         )
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -146,10 +157,14 @@ class PpoLoop:
             if self.s.ppo.score_norm:
                 self.score_moments.update(raw_scores)
                 scores = self.score_moments.normalize(raw_scores)
-            old_logprobs, old_values = policy_forward(self.model, self.value_head, rollout, temperature=temperature)
+            old_logprobs, old_values = policy_forward(
+                self.model, self.value_head, rollout, temperature=temperature
+            )
             with self.model.disable_adapter():  # the reference policy: the base model, no second copy
                 ref_logprobs, _ = policy_forward(self.model, None, rollout, temperature=temperature)
-            rewards, kl = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask, kl_coef=self.kl_ctl.value)
+            rewards, kl = kl_penalized_rewards(
+                scores, old_logprobs, ref_logprobs, mask, kl_coef=self.kl_ctl.value
+            )
             if self.s.ppo.whiten_rewards:
                 rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
             assert old_values is not None
@@ -190,13 +205,24 @@ class PpoLoop:
                 self.optimizer.zero_grad(set_to_none=True)
                 for rows in backward_rows.split(self.s.mini_batch):
                     sub, mask = select(rollout, rows), rollout.response_mask[rows].float()
-                    logprobs, values = policy_forward(self.model, self.value_head, sub, temperature=temperature)
+                    logprobs, values = policy_forward(
+                        self.model, self.value_head, sub, temperature=temperature
+                    )
                     assert values is not None
-                    pg, clip_frac = clipped_policy_loss(logprobs, old_logprobs[rows], advantages[rows], mask, clip=CLIP_RANGE)
-                    vf = clipped_value_loss(values, old_values[rows], returns[rows], mask, clip=CLIP_RANGE_VALUE)
+                    pg, clip_frac = clipped_policy_loss(
+                        logprobs, old_logprobs[rows], advantages[rows], mask, clip=CLIP_RANGE
+                    )
+                    vf = clipped_value_loss(
+                        values, old_values[rows], returns[rows], mask, clip=CLIP_RANGE_VALUE
+                    )
                     loss = pg + VALUE_COEF * vf
                     (loss * len(rows) / len(backward_rows)).backward()
-                    for key, value in (("loss", loss), ("policy_loss", pg), ("value_loss", vf), ("clip_fraction", clip_frac)):
+                    for key, value in (
+                        ("loss", loss),
+                        ("policy_loss", pg),
+                        ("value_loss", vf),
+                        ("clip_fraction", clip_frac),
+                    ):
                         totals[key] += value.item()
                     count += 1
                 if self.s.max_grad_norm > 0:
@@ -223,7 +249,10 @@ class PpoLoop:
             self.history.append(stats)
             self.state.global_step += 1
             self.state.epoch = self.state.global_step / per_epoch
-            if self.state.global_step % self.s.logging_steps == 0 or self.state.global_step == self.s.max_steps:
+            if (
+                self.state.global_step % self.s.logging_steps == 0
+                or self.state.global_step == self.s.max_steps
+            ):
                 self.log(stats)
             if self.state.global_step % self.s.save_steps == 0 or self.state.global_step == self.s.max_steps:
                 self.save_checkpoint()
@@ -252,7 +281,9 @@ class PpoLoop:
 
     def restore(self, folder: Path, state: dict[str, Any]) -> None:
         """Continue from a checkpoint written by :meth:`save_checkpoint` (adapter and head already loaded)."""
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True))
+        self.optimizer.load_state_dict(
+            torch.load(folder / "optimizer.pt", map_location=self.device, weights_only=True)
+        )
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
         self.state.global_step = int(state["global_step"])
         self.kl_ctl.value = float(state["kl_coef"])
@@ -271,4 +302,3 @@ def mean_over(history: list[dict[str, float]], key: str) -> float:
     """Mean of one statistic over a run's steps (NaN when there are none)."""
     values = [h[key] for h in history if key in h]
     return sum(values) / len(values) if values else float("nan")
-

@@ -121,7 +121,10 @@ class FullReward:
     """A separate sequence-classification reward model with its own tokenizer (texts are re-tokenized)."""
 
     def __init__(
-        self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, policy_tokenizer: PreTrainedTokenizerBase
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        policy_tokenizer: PreTrainedTokenizerBase,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -132,20 +135,26 @@ class FullReward:
         texts = []
         for ids, mask in zip(rollout.input_ids, rollout.attention_mask, strict=True):
             texts.append(self.policy_tokenizer.decode(ids[mask.bool()], skip_special_tokens=False))
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+        batch = self.tokenizer(
+            texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False
+        )
         device = next(self.model.parameters()).device
         logits = self.model(**{k: v.to(device) for k, v in batch.items()}).logits
         return logits[:, 0].float().to(rollout.input_ids.device)
 
 
-def load_full_reward(path: str, *, policy_tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> FullReward:
+def load_full_reward(
+    path: str, *, policy_tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype
+) -> FullReward:
     """A frozen AutoModelForSequenceClassification (one label) and its tokenizer from ``path``."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
     if model.config.num_labels != 1:
-        raise ValueError(f"{REWARD_FIELD}: a reward model has one output label, this one has {model.config.num_labels}")
+        raise ValueError(
+            f"{REWARD_FIELD}: a reward model has one output label, this one has {model.config.num_labels}"
+        )
     model.config.pad_token_id = tokenizer.pad_token_id  # the head pools the last non-pad token
     model.requires_grad_(False).eval()
     return FullReward(model, tokenizer, policy_tokenizer)
@@ -156,10 +165,14 @@ def _adapter_weights(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path / "adapter_model.safetensors"))
     if (path / "adapter_model.bin").is_file():
         return torch.load(path / "adapter_model.bin", map_location="cpu", weights_only=True)
-    raise ValueError(f"{REWARD_FIELD}: {path} holds no adapter_model.safetensors (is it an rm job's adapter?)")
+    raise ValueError(
+        f"{REWARD_FIELD}: {path} holds no adapter_model.safetensors (is it an rm job's adapter?)"
+    )
 
 
-def split_reward_head(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def split_reward_head(
+    weights: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """``(adapter weights, head weights)``: the classification head (``score``/``classifier``) split off.
 
     Raises:
@@ -193,7 +206,9 @@ def attach_reward_adapter(model: PeftModel, path: str) -> AdapterReward:
     folder = Path(path)
     config = PeftConfig.from_pretrained(str(folder))
     if not isinstance(config, LoraConfig):
-        raise ValueError(f"{REWARD_FIELD}: rewardModelType lora needs a LoRA adapter, found {config.peft_type}")
+        raise ValueError(
+            f"{REWARD_FIELD}: rewardModelType lora needs a LoRA adapter, found {config.peft_type}"
+        )
     rest, head_weights = split_reward_head(_adapter_weights(folder))
     kept = [m for m in (config.modules_to_save or []) if m not in HEAD_MODULES]
     config = replace(config, task_type=TaskType.CAUSAL_LM, modules_to_save=kept or None, inference_mode=True)
@@ -221,11 +236,16 @@ def save_value_head(head: ValueHead, folder: Path) -> None:
     """The value head next to the policy adapter (``value_head.safetensors``)."""
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(folder / "value_head.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
+        str(folder / "value_head.safetensors"),
+    )
 
 
 def load_policy_checkpoint(model: PeftModel, head: ValueHead, folder: Path) -> dict[str, object]:
     """Restore the policy adapter and value head from a checkpoint; returns its ``ppo_state.json``."""
-    set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")), adapter_name=POLICY_ADAPTER)
+    set_peft_model_state_dict(
+        model, load_file(str(folder / "adapter_model.safetensors")), adapter_name=POLICY_ADAPTER
+    )
     head.load_state_dict(load_file(str(folder / "value_head.safetensors")))
     return json.loads((folder / "ppo_state.json").read_text())

@@ -41,7 +41,9 @@ def check_rows(data: PreparedData, shape: Shape, stage: Stage) -> None:
         )
 
 
-def run_preference(ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, Any]]) -> TrainOutcome:
+def run_preference(
+    ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, Any]]
+) -> TrainOutcome:
     """Train ``ws.spec`` (stage dpo, orpo, simpo or kto) on ``datasets``."""
     spec = ws.spec
     preference = preference_of(spec)

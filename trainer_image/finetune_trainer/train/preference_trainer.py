@@ -27,7 +27,9 @@ Batch = dict[str, torch.Tensor]
 class PreferenceTrainer(Trainer):
     """transformers' Trainer with ``method.preference``'s loss; logs rewards, margins and accuracies."""
 
-    def __init__(self, *args: Any, preference: PreferenceSpec, ref_model: torch.nn.Module | None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, preference: PreferenceSpec, ref_model: torch.nn.Module | None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.preference = preference
         needs_reference = preference.loss not in REFERENCE_FREE
@@ -110,7 +112,9 @@ class PreferenceTrainer(Trainer):
         return loss
 
     def _logps(self, model: torch.nn.Module, inputs: Batch) -> SequenceLogps:
-        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
+        logits = model(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False
+        ).logits
         return sequence_logps(logits, inputs["labels"])
 
     @torch.no_grad()

@@ -45,7 +45,10 @@ def reference_model_for(spec: FineTuneJobSpec, policy: torch.nn.Module) -> torch
         )
         # finetuning=lora only lets the loader accept the quantization of a QLoRA job; nothing is trained.
         loaded = load_model_and_tokenizer(
-            ref_spec, finetuning=Finetuning.LORA, precision=spec.training.precision, gradient_checkpointing=False
+            ref_spec,
+            finetuning=Finetuning.LORA,
+            precision=spec.training.precision,
+            gradient_checkpointing=False,
         )
         reference: torch.nn.Module = loaded.model
     elif isinstance(policy, PeftModel):

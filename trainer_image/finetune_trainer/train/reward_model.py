@@ -29,7 +29,9 @@ def reward_rows(ds: AnyDataset) -> AnyDataset:
     return ds.rename_columns({"chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"})
 
 
-def run_reward_model(ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, Any]]) -> TrainOutcome:
+def run_reward_model(
+    ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, Any]]
+) -> TrainOutcome:
     """Train ``ws.spec`` (stage rm) on ``datasets``."""
     spec = ws.spec
     processing = job_processing_config(spec)

@@ -137,9 +137,12 @@ def open_workspace(name: str, spec: FineTuneJobSpec, output_uri: str, *, share_p
     settings = output_settings(spec) if output_uri.startswith("s3://") else None
     store = open_store(output_uri, settings=settings)
     prepared = open_store(prepared_root(output_uri), settings=settings) if share_prepared else None
-    root = Path(os.environ.get("FINETUNE_WORK_DIR") or tempfile.mkdtemp(prefix=f"finetune-{name}-"))
-    work_dir = root / f"rank-{global_rank()}"
-    work_dir.mkdir(parents=True, exist_ok=True)
+    configured = os.environ.get("FINETUNE_WORK_DIR")  # the pod's emptyDir; a private temp dir otherwise
+    if configured:
+        work_dir = Path(configured) / f"rank-{global_rank()}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        work_dir = Path(tempfile.mkdtemp(prefix=f"finetune-{name}-rank{global_rank()}-"))
     if global_rank() != 0:
         return Workspace(name, spec, output_uri, store, work_dir, None, None, prepared)
     metrics = TrainingMetrics()

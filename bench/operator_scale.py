@@ -1,0 +1,249 @@
+"""Operator scale: N FineTuneJobs applied to the real test control plane with the operator running.
+
+Starts the e2e fixtures' control plane (etcd, kube-apiserver, controller-manager, scheduler, fake
+kubelet) and ``python -m finetune_operator`` with its default resync, makes one Ready Dataset,
+then creates N FineTuneJobs one after the other. A watch on Jobs timestamps each trainer Job's
+creation: latency = Job ADDED − just before the FineTuneJob's create call. Also: the operator's
+memory (RSS and PSS) and its own count of API calls (``finetune_operator_api_calls_total``, the
+calls of its reconcilers; kopf's watch streams and status patches are not in it) per job.
+Full mode then grows to 1000 FineTuneJobs and measures memory again.
+
+    python -m bench.operator_scale [--quick]      # 200 (+800) jobs; quick: 20
+
+Targets (DESIGN.md): p99 apply → Job created ≤ 1 s with 200 live FineTuneJobs; RSS ≤ 150 MB at 1000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+from kubernetes import client, watch
+
+from bench.common import REPO, write_result
+from tests.e2e.operator_harness import TRAINER_IMAGE, Harness, _free_port
+from tests.fixtures.cluster import Cluster, start_cluster, stop_cluster, wait_until
+
+NAME = "operator_scale"
+TARGET_P99_S = 1.0
+TARGET_RSS_MB = 150.0
+JOB_SPEC: dict[str, Any] = {
+    "model": {"source": "tiny://llama"},
+    "datasets": [{"ref": "chats"}],
+    "method": {"stage": "sft", "finetuning": "lora"},
+    "training": {"maxSteps": 10},
+    "resources": {"gpusPerNode": 0, "cpu": "100m", "memory": "64Mi"},
+    "backoffLimit": 0,
+}
+
+
+class JobWatch:
+    """Timestamps the first ADDED event of every Job in a namespace (a background watch)."""
+
+    def __init__(self, api: client.ApiClient, namespace: str) -> None:
+        self.added: dict[str, float] = {}
+        self._watch = watch.Watch()
+        self._batch = client.BatchV1Api(api)
+        self._ns = namespace
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                for event in self._watch.stream(self._batch.list_namespaced_job, self._ns, timeout_seconds=0):
+                    if event["type"] == "ADDED":
+                        self.added.setdefault(event["object"].metadata.name, time.monotonic())
+            except Exception:  # a dropped stream: re-list (setdefault keeps first-seen times)
+                self._stopped.wait(0.1)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._watch.stop()
+
+
+def start_operator(kubeconfig: Path, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The operator as a process (default resync), and its metrics port."""
+    metrics_port, health_port = _free_port(), _free_port()
+    env = {
+        **os.environ, "KUBECONFIG": str(kubeconfig), "FINETUNE_TRAINER_IMAGE": TRAINER_IMAGE,
+        "FINETUNE_METRICS_PORT": str(metrics_port),
+        "FINETUNE_LIVENESS_ENDPOINT": f"http://127.0.0.1:{health_port}/healthz",
+    }  # fmt: skip
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "finetune_operator"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"operator exited with {proc.returncode}; log {log}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    wait_until(healthy, 90, "operator liveness", interval_s=0.2)
+    return proc, metrics_port
+
+
+def api_calls(metrics_port: int) -> float:
+    """The operator's total of finetune_operator_api_calls_total over all labels."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return sum(
+        float(m.group(1))
+        for m in re.finditer(r"^finetune_operator_api_calls_total\{[^}]*\} (\S+)$", text, re.M)
+    )
+
+
+def operator_memory(pid: int) -> dict[str, float]:
+    """RSS, PSS and peak RSS (VmHWM) of the operator process, in MB."""
+    proc = psutil.Process(pid)
+    full = proc.memory_full_info()
+    hwm = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM")
+    )
+    return {
+        "rss_mb": round(full.rss / 1e6, 1),
+        "pss_mb": round(full.pss / 1e6, 1),
+        "peak_rss_mb": round(hwm * 1024 / 1e6, 1),
+    }
+
+
+def apply_jobs(h: Harness, jobs: JobWatch, first: int, count: int, timeout_s: float) -> list[float]:
+    """Create FineTuneJobs ``first``..``first+count-1``; seconds from each create to its Job's ADDED."""
+    sent: dict[str, float] = {}
+    for i in range(first, first + count):
+        name = f"scale-{i:04d}"
+        sent[name] = time.monotonic()
+        h.create("finetunejobs", name, JOB_SPEC, "FineTuneJob")
+    wait_until(
+        lambda: all(f"{n}-train" in jobs.added for n in sent),
+        timeout_s,
+        f"{count} trainer Jobs",
+        interval_s=0.2,
+    )
+    return [jobs.added[f"{n}-train"] - t for n, t in sent.items()]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile (0..1) of ``values``, linear interpolation."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def latency_summary(latencies: list[float]) -> dict[str, float]:
+    """p50, p99, max and mean in seconds."""
+    return {
+        "p50": round(percentile(latencies, 0.5), 3),
+        "p99": round(percentile(latencies, 0.99), 3),
+        "max": round(max(latencies), 3),
+        "mean": round(statistics.fmean(latencies), 3),
+    }
+
+
+def settle(seconds: float) -> None:
+    """Let a few resync periods pass: steady-state memory and call counts, not the burst's."""
+    time.sleep(seconds)  # a measurement window, not synchronisation
+
+
+def measure(cluster: Cluster, n: int, grow_to: int | None, log: Path) -> dict[str, Any]:
+    ns = cluster.create_namespace("bench-scale")
+    proc, metrics_port = start_operator(cluster.kubeconfig, log)
+    try:
+        h = Harness(cluster, ns)
+        h.ready_dataset()
+        jobs = JobWatch(cluster.api_client, ns)
+        calls_before = api_calls(metrics_port)
+        started = time.monotonic()
+        latencies = apply_jobs(h, jobs, 0, n, timeout_s=max(120, n))
+        burst_s = time.monotonic() - started
+        calls, memory = api_calls(metrics_port) - calls_before, operator_memory(proc.pid)
+        settle(25)
+        calls_settled, memory_settled = api_calls(metrics_port) - calls_before, operator_memory(proc.pid)
+        result: dict[str, Any] = {
+            "jobs": n,
+            "apply_to_job_s": latency_summary(latencies),
+            "burst_seconds": round(burst_s, 2),
+            "api_calls_per_job": round(calls / n, 2),
+            "api_calls_per_job_after_settle": round(calls_settled / n, 2),
+            "operator_memory": memory,
+            "operator_memory_after_settle": memory_settled,
+        }
+        if grow_to:
+            apply_jobs(h, jobs, n, grow_to - n, timeout_s=max(600, grow_to))
+            settle(25)
+            result["grown_to"] = grow_to
+            result["operator_memory_at_grown"] = operator_memory(proc.pid)
+        jobs.stop()
+        return result
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20 jobs, no growth (CI)")
+    parser.add_argument("--jobs", type=int, help="FineTuneJobs for the latency phase (default 200; quick 20)")
+    parser.add_argument(
+        "--grow-to", type=int, help="total FineTuneJobs for the memory phase (default 1000; quick: none)"
+    )
+    args = parser.parse_args(argv)
+    n = args.jobs or (20 if args.quick else 200)
+    grow_to = args.grow_to or (None if args.quick else 1000)
+
+    state = Path(tempfile.mkdtemp(prefix="bench-k8s-"))
+    cluster = start_cluster(state)
+    try:
+        figures = measure(cluster, n, grow_to, state / "operator.log")
+    finally:
+        stop_cluster(cluster)
+    rss_at_scale = (figures.get("operator_memory_at_grown") or figures["operator_memory_after_settle"])[
+        "rss_mb"
+    ]
+    result = {
+        "quick": args.quick,
+        **figures,
+        "state_dir": str(state),
+        "target": {"p99_s": TARGET_P99_S, "rss_mb_at_1000": TARGET_RSS_MB},
+        "meets_target": figures["apply_to_job_s"]["p99"] <= TARGET_P99_S
+        and (grow_to is None or rss_at_scale <= TARGET_RSS_MB),
+    }
+    path = write_result(NAME, result)
+    lat = figures["apply_to_job_s"]
+    grown = f"; RSS at {grow_to}: {rss_at_scale:.0f} MB (target {TARGET_RSS_MB:.0f})" if grow_to else ""
+    print(
+        f"operator_scale: {n} jobs, apply->Job p50 {lat['p50']:.3f}s p99 {lat['p99']:.3f}s (target {TARGET_P99_S}s), "
+        f"{figures['api_calls_per_job']:.1f} API calls/job, operator RSS "
+        f"{figures['operator_memory_after_settle']['rss_mb']:.0f} MB{grown}; {path}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    main()
