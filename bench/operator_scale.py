@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -35,6 +36,7 @@ from kubernetes import client, watch
 from bench.common import REPO, write_result
 from tests.e2e.operator_harness import TRAINER_IMAGE, Harness, _free_port
 from tests.fixtures.cluster import Cluster, start_cluster, stop_cluster, wait_until
+from tests.fixtures.s3 import S3Server, SeaweedS3
 
 NAME = "operator_scale"
 TARGET_P99_S = 1.0
@@ -47,6 +49,7 @@ JOB_SPEC: dict[str, Any] = {
     "resources": {"gpusPerNode": 0, "cpu": "100m", "memory": "64Mi"},
     "backoffLimit": 0,
 }
+BUCKET = "bench-scale"
 
 
 class JobWatch:
@@ -127,13 +130,16 @@ def operator_memory(pid: int) -> dict[str, float]:
     }
 
 
-def apply_jobs(h: Harness, jobs: JobWatch, first: int, count: int, timeout_s: float) -> list[float]:
+def apply_jobs(
+    h: Harness, jobs: JobWatch, output: dict[str, str], first: int, count: int, timeout_s: float
+) -> list[float]:
     """Create FineTuneJobs ``first``..``first+count-1``; seconds from each create to its Job's ADDED."""
     sent: dict[str, float] = {}
     for i in range(first, first + count):
         name = f"scale-{i:04d}"
+        spec = {**JOB_SPEC, "output": {**output, "uri": f"s3://{BUCKET}/runs/{name}"}}
         sent[name] = time.monotonic()
-        h.create("finetunejobs", name, JOB_SPEC, "FineTuneJob")
+        h.create("finetunejobs", name, spec, "FineTuneJob")
     wait_until(
         lambda: all(f"{n}-train" in jobs.added for n in sent),
         timeout_s,
@@ -167,16 +173,18 @@ def settle(seconds: float) -> None:
     time.sleep(seconds)  # a measurement window, not synchronisation
 
 
-def measure(cluster: Cluster, n: int, grow_to: int | None, log: Path) -> dict[str, Any]:
+def measure(cluster: Cluster, s3: S3Server, n: int, grow_to: int | None, log: Path) -> dict[str, Any]:
+    """Both phases against a running cluster and S3 server (the jobs' output location)."""
     ns = cluster.create_namespace("bench-scale")
     proc, metrics_port = start_operator(cluster.kubeconfig, log)
     try:
         h = Harness(cluster, ns)
+        output = {"endpoint": s3.endpoint_url, "credentialsSecret": h.s3_secret(s3)}
         h.ready_dataset()
         jobs = JobWatch(cluster.api_client, ns)
         calls_before = api_calls(metrics_port)
         started = time.monotonic()
-        latencies = apply_jobs(h, jobs, 0, n, timeout_s=max(120, n))
+        latencies = apply_jobs(h, jobs, output, 0, n, timeout_s=max(120, n))
         burst_s = time.monotonic() - started
         calls, memory = api_calls(metrics_port) - calls_before, operator_memory(proc.pid)
         settle(25)
@@ -191,7 +199,7 @@ def measure(cluster: Cluster, n: int, grow_to: int | None, log: Path) -> dict[st
             "operator_memory_after_settle": memory_settled,
         }
         if grow_to:
-            apply_jobs(h, jobs, n, grow_to - n, timeout_s=max(600, grow_to))
+            apply_jobs(h, jobs, output, n, grow_to - n, timeout_s=max(600, grow_to))
             settle(25)
             result["grown_to"] = grow_to
             result["operator_memory_at_grown"] = operator_memory(proc.pid)
@@ -218,18 +226,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grow_to = args.grow_to or (None if args.quick else 1000)
 
     state = Path(tempfile.mkdtemp(prefix="bench-k8s-"))
-    cluster = start_cluster(state)
+    (state / "s3").mkdir()
+    (state / "k8s").mkdir()
+    weed = SeaweedS3(state / "s3")
+    s3 = weed.start()
+    s3.client().create_bucket(Bucket=BUCKET)
+    cluster = start_cluster(state / "k8s")
     try:
-        figures = measure(cluster, n, grow_to, state / "operator.log")
+        figures = measure(cluster, s3, n, grow_to, state / "operator.log")
+    except BaseException:
+        print(f"operator_scale failed; logs kept in {state}", file=sys.stderr)
+        raise
     finally:
         stop_cluster(cluster)
+        weed.stop()
+    shutil.rmtree(state, ignore_errors=True)
     rss_at_scale = (figures.get("operator_memory_at_grown") or figures["operator_memory_after_settle"])[
         "rss_mb"
     ]
     result = {
         "quick": args.quick,
         **figures,
-        "state_dir": str(state),
         "target": {"p99_s": TARGET_P99_S, "rss_mb_at_1000": TARGET_RSS_MB},
         "meets_target": figures["apply_to_job_s"]["p99"] <= TARGET_P99_S
         and (grow_to is None or rss_at_scale <= TARGET_RSS_MB),

@@ -178,21 +178,17 @@ def _objects(client: Any, bucket: str, prefix: str) -> dict[str, tuple[str, Any]
     return {o["Key"].removeprefix(prefix): (o["ETag"], o["LastModified"]) for o in listed}
 
 
-def test_interrupted_export_resumes_without_reuploading(
-    s3_server: S3Server, s3_bucket: str, s3_env: dict[str, str], model_cache_dir: Path, tmp_path: Path
+def start_and_kill_after_first_shard(
+    config: Path, env: dict[str, str], client: Any, bucket: str, prefix: str
 ) -> None:
-    adapter = make_run(tmp_path / "run")
-    prefix = "models/resumed/"
-    config = write_export(tmp_path / "export.yaml", f"s3://{s3_bucket}/{prefix}", adapter=f"file://{adapter}")
-    client = s3_server.client()
+    """Run `finetune export` in a subprocess and SIGKILL it as soon as its first weight shard is in S3."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "finetune_trainer.cli", "export", str(config)],
-        env={**os.environ, **s3_env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + DEADLINE_S
-        # Shards go up while later ones are written; the manifest only after the reload check.
-        while not any(k.startswith("model-") for k in _objects(client, s3_bucket, prefix)):
+        while not any(k.startswith("model-") for k in _objects(client, bucket, prefix)):
             assert proc.poll() is None, f"export ended before its first shard landed: {proc.stderr.read()!r}"  # type: ignore[union-attr]
             assert time.monotonic() < deadline, "no shard uploaded in time"
             time.sleep(0.02)
@@ -200,8 +196,28 @@ def test_interrupted_export_resumes_without_reuploading(
     finally:
         proc.kill()
         proc.wait()
-    before = _objects(client, s3_bucket, prefix)
-    assert "manifest.json" not in before, "the export finished before it was killed; nothing was interrupted"
+
+
+def test_interrupted_export_resumes_without_reuploading(
+    s3_server: S3Server, s3_bucket: str, s3_env: dict[str, str], model_cache_dir: Path, tmp_path: Path
+) -> None:
+    adapter = make_run(tmp_path / "run")
+    client = s3_server.client()
+    # Shards go up while later ones are written; the manifest only after the reload check, so the
+    # kill lands mid-export unless this process was starved meanwhile: then try a fresh prefix.
+    for attempt in range(3):
+        prefix = f"models/resumed-{attempt}/"
+        config = write_export(
+            tmp_path / "export.yaml",
+            f"s3://{s3_bucket}/{prefix}",
+            adapter=f"file://{adapter}",
+            shardSize="200KB",
+        )
+        start_and_kill_after_first_shard(config, s3_env, client, s3_bucket, prefix)
+        before = _objects(client, s3_bucket, prefix)
+        if "manifest.json" not in before:
+            break
+    assert "manifest.json" not in before, "the export finished before each kill; nothing was interrupted"
     assert "README.md" not in before  # written after the self-check, so still missing
 
     assert export_from_files([str(config)]) == 0

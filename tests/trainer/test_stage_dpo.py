@@ -90,7 +90,11 @@ def build_trainer(
         {
             "model": {"source": "tiny://llama"},
             "datasets": [{"ref": "data"}],
-            "method": {"stage": "dpo", "finetuning": finetuning, "preference": {**LOSSES["sigmoid"], **preference}},
+            "method": {
+                "stage": "dpo",
+                "finetuning": finetuning,
+                "preference": {**LOSSES["sigmoid"], **preference},
+            },
             "training": {"cutoffLen": 128, "gradientCheckpointing": False},
         }
     )

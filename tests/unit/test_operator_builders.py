@@ -180,6 +180,19 @@ def test_export_job_carries_the_export_and_its_finetunejob() -> None:
     assert env_of(job)["FINETUNE_OUTPUT_URI"] == "s3://b/merged"
 
 
+def test_export_job_carries_the_gptq_calibration_dataset() -> None:
+    export = Export.model_validate(
+        {"metadata": {"name": "gptq", "namespace": "team"},
+         "spec": {"fineTuneJobRef": "demo", "output": {"uri": "s3://b/gptq"},
+                  "quantization": {"method": "gptq", "bits": 4, "calibrationDataset": "chats"}}}
+    )  # fmt: skip
+    calibration = make_dataset()
+    cm, _ = build_export(export, make_job(), Owner("Export", "gptq", "team", "u4"), SETTINGS, calibration)
+    docs = list(yaml.safe_load_all(cm["data"]["export.yaml"]))
+    assert [d["kind"] for d in docs] == ["Export", "FineTuneJob", "Dataset"]
+    assert docs[2]["metadata"]["name"] == calibration.metadata.name
+
+
 def test_settings_from_env() -> None:
     s = settings_from_env(
         {"FINETUNE_WATCH_NAMESPACES": "a, b", "FINETUNE_GPU_MEMORY_GIB": "80", "FINETUNE_RESYNC_SECONDS": "2"}

@@ -82,9 +82,14 @@ def export_name(export: Export) -> str:
 
 
 def build_export(
-    export: Export, source_job: FineTuneJob | None, owner: Owner, settings: Settings
+    export: Export,
+    source_job: FineTuneJob | None,
+    owner: Owner,
+    settings: Settings,
+    calibration: Dataset | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """ConfigMap (export.yaml: the Export, then its FineTuneJob with status) + Job running `finetune export`."""
+    """ConfigMap (export.yaml: the Export, then its FineTuneJob with status, then the GPTQ calibration
+    Dataset) + Job running `finetune export`."""
     name = export_name(export)
     docs: list[dict[str, Any]] = [
         {"apiVersion": export.api_version, "kind": export.kind,
@@ -102,6 +107,13 @@ def build_export(
         )  # fmt: skip
         source_credentials(parts, source_job.spec.model.credentials_secret, "model")
         parts.add_pvc(source_job.spec.model.source)
+    if calibration is not None:
+        docs.append(
+            {"apiVersion": calibration.api_version, "kind": calibration.kind,
+             "metadata": {"name": calibration.metadata.name, "namespace": calibration.metadata.namespace},
+             "spec": calibration.spec.to_wire()}
+        )  # fmt: skip
+        parts.add_pvc(calibration.spec.source)
     for uri in (export.spec.model, export.spec.adapter):
         if uri:
             parts.add_pvc(uri)

@@ -87,7 +87,16 @@ def reconcile_export(body: Mapping[str, Any]) -> None:
             raise kopf.PermanentError(gate.message)
         raise kopf.TemporaryError(gate.message, delay=RUNTIME.settings.resync_seconds)
     owner = _owner("Export", body)
-    config_map, job = build_export(export, source, owner, RUNTIME.settings)
+    calibration = None
+    quantization = export.spec.quantization
+    if quantization is not None and quantization.calibration_dataset:
+        raw = kube.read_custom("datasets", body["metadata"]["namespace"], quantization.calibration_dataset)
+        if raw is None:
+            raise kopf.TemporaryError(
+                f"calibration Dataset {quantization.calibration_dataset!r} not found", delay=30
+            )
+        calibration = parse(Dataset, raw)
+    config_map, job = build_export(export, source, owner, RUNTIME.settings, calibration)
     obs = _run_job(kube, owner, EXPORTER, config_map, job)
     verdict = export_verdict(obs)
     write_status(
