@@ -105,13 +105,20 @@ def start_operator(kubeconfig: Path, log: Path) -> tuple[subprocess.Popen[bytes]
     return proc, metrics_port
 
 
+def api_calls_by_label(metrics_port: int) -> dict[str, float]:
+    """The operator's finetune_operator_api_calls_total, by "verb resource code"."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    found: dict[str, float] = {}
+    for m in re.finditer(r"^finetune_operator_api_calls_total\{([^}]*)\} (\S+)$", text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        key = f"{labels.get('verb')} {labels.get('resource')} {labels.get('code')}"
+        found[key] = found.get(key, 0.0) + float(m.group(2))
+    return found
+
+
 def api_calls(metrics_port: int) -> float:
     """The operator's total of finetune_operator_api_calls_total over all labels."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return sum(
-        float(m.group(1))
-        for m in re.finditer(r"^finetune_operator_api_calls_total\{[^}]*\} (\S+)$", text, re.M)
-    )
+    return sum(api_calls_by_label(metrics_port).values())
 
 
 def operator_memory(pid: int) -> dict[str, float]:
@@ -186,7 +193,8 @@ def measure(cluster: Cluster, s3: S3Server, n: int, grow_to: int | None, log: Pa
         started = time.monotonic()
         latencies = apply_jobs(h, jobs, output, 0, n, timeout_s=max(120, n))
         burst_s = time.monotonic() - started
-        calls, memory = api_calls(metrics_port) - calls_before, operator_memory(proc.pid)
+        by_label = api_calls_by_label(metrics_port)
+        calls, memory = sum(by_label.values()) - calls_before, operator_memory(proc.pid)
         settle(25)
         calls_settled, memory_settled = api_calls(metrics_port) - calls_before, operator_memory(proc.pid)
         result: dict[str, Any] = {
@@ -195,6 +203,7 @@ def measure(cluster: Cluster, s3: S3Server, n: int, grow_to: int | None, log: Pa
             "burst_seconds": round(burst_s, 2),
             "api_calls_per_job": round(calls / n, 2),
             "api_calls_per_job_after_settle": round(calls_settled / n, 2),
+            "api_calls_by_label_at_n": by_label,
             "operator_memory": memory,
             "operator_memory_after_settle": memory_settled,
         }

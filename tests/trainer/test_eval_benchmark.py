@@ -28,7 +28,7 @@ def synthetic_rows(n: int, *, answer: str | None = None, subjects: tuple[str, ..
             "question": f"Question number {i}: which option is right?",
             "A": f"alpha {i}", "B": f"bravo {i}", "C": f"charlie {i}", "D": f"delta {i}",
             "answer": answer or CHOICES[(i // len(subjects)) % 4],
-        }  # fmt: skip
+        }
         for i in range(n)
     ]
 

@@ -140,7 +140,7 @@ def test_kernel_libraries_are_refused_where_they_cannot_run(field: str, cuda: bo
 
 
 def test_liger_kernel_on_this_cpu_machine_fails_before_loading() -> None:
-    with pytest.raises(ValueError, match="model.ligerKernel"):
+    with pytest.raises(ValueError, match=r"model\.ligerKernel"):
         load_model_and_tokenizer(spec(ligerKernel=True))
 
 

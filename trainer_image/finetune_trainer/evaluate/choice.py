@@ -134,7 +134,7 @@ def prompt_text(q: Question, shots: Sequence[Question], template: ChatTemplate, 
         ]
     messages += [{"role": "user", "content": format_question(q, language)}, {"role": "assistant", "content": ""}]
     system = SYSTEM[language].format(subject=q.subject.replace("_", " "))
-    pairs = template.render_pairs(messages, system, "")  # type: ignore[arg-type]
+    pairs = template.render_pairs(messages, system, "")
     return "".join(a + b for a, b in pairs[:-1]) + pairs[-1][0]
 
 

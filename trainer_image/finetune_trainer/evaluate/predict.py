@@ -35,7 +35,7 @@ def answer_stop_ids(template: ChatTemplate, tokenizer: Any) -> list[int]:
     an answer (e.g. ChatML's <|im_end|> when the tokenizer's EOS is another token)."""
     ids = stop_token_ids(template, tokenizer)
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
-    answer = template.render_pairs(messages, "", "")[-1][1]  # type: ignore[arg-type]
+    answer = template.render_pairs(messages, "", "")[-1][1]
     tail = answer[answer.find(_PROBE) + len(_PROBE) :]
     tail_ids = tokenizer.encode(tail, add_special_tokens=False) if tail else []
     added = set(tokenizer.get_added_vocab().values())

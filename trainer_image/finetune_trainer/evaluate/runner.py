@@ -23,7 +23,6 @@ from ..data import (
     dataset_config,
     get_template,
     prepare_dataset,
-    stop_token_ids,
 )
 from ..data.loader import load_rows
 from ..train.workspace import Workspace

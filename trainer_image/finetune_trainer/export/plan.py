@@ -120,11 +120,11 @@ def plan_export(files: Sequence[str], *, export_name: str | None = None) -> Expo
             export.metadata.name, spec, job.spec.model, adapter, parent_uri(adapter), job, datasets
         )
     assert spec.model is not None  # the schema's exactly-one rule
-    adapter = spec.adapter
-    run_uri = parent_uri(adapter) if adapter else None
-    job = _job_beside(jobs, adapter)
+    explicit = spec.adapter
+    run_uri = parent_uri(explicit) if explicit else None
+    job = _job_beside(jobs, explicit)
     return ExportPlan(
-        export.metadata.name, spec, ModelSpec(source=spec.model), adapter, run_uri, job, datasets
+        export.metadata.name, spec, ModelSpec(source=spec.model), explicit, run_uri, job, datasets
     )
 
 

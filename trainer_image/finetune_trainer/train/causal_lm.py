@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from transformers import PrinterCallback, Trainer
+from transformers import Trainer
 
 from ..data import DatasetConfig, job_processing_config, make_collator, prepare_dataset
 from ..evaluate import prepare_evaluation, run_evaluation
@@ -18,6 +18,7 @@ from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for
 from ..model.loader import load_tokenizer
 from ..model.sources import fetch_source
 from .arguments import build_training_arguments
+from .loop import train_and_save, warn_skipped_rows
 from .workspace import TrainOutcome, Workspace
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,7 @@ def run_causal_lm(ws: Workspace, datasets: Sequence[DatasetConfig], documents: l
 
     tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
     data = prepare_dataset(datasets, processing, tokenizer, shared=ws.prepared)
-    for summary in data.summaries:
-        if summary.num_errors:
-            log.warning("%s: %d malformed rows skipped, first: %s", summary.name, summary.num_errors, summary.errors[:3])
+    warn_skipped_rows(data)
     evaluation = prepare_evaluation(spec, train=datasets, documents=documents, processing=processing, tokenizer=tokenizer)
 
     # Built before the model: under ZeRO-3 the arguments make from_pretrained load the weights sharded.
@@ -64,28 +63,10 @@ def run_causal_lm(ws: Workspace, datasets: Sequence[DatasetConfig], documents: l
         optimizers=(optimizer, None),
         callbacks=ws.callbacks(),
     )
-    trainer.remove_callback(PrinterCallback)  # our progress bar and trainer_log.jsonl report the logs
-    resume = ws.resume_checkpoint()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    metrics = dict(result.metrics)
-    if data.eval is not None:
-        metrics |= trainer.evaluate()
-
-    adapter_uri = None
-    if ws.is_main:
-        final = ws.work_dir / "final"
-        trainer.save_model(str(final))
-        loaded.tokenizer.save_pretrained(str(final))
-        adapter_uri = ws.save_final(final, documents)
-        if evaluation is not None:  # after the adapter is safe in storage
-            run_evaluation(
-                ws, evaluation, model=trainer.model, tokenizer=loaded.tokenizer,
-                compute_dtype=loaded.compute_dtype, step=trainer.state.global_step,
-            )  # fmt: skip
-    return TrainOutcome(
-        global_step=trainer.state.global_step,
-        train_loss=metrics.get("train_loss"),
-        adapter_uri=adapter_uri,
-        resumed_from=str(resume) if resume else None,
-        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
-    )
+    outcome = train_and_save(ws, trainer, loaded.tokenizer, documents, evaluate=data.eval is not None)
+    if ws.is_main and evaluation is not None:  # after the adapter is safe in storage
+        run_evaluation(
+            ws, evaluation, model=trainer.model, tokenizer=loaded.tokenizer,
+            compute_dtype=loaded.compute_dtype, step=outcome.global_step,
+        )  # fmt: skip
+    return outcome
