@@ -71,8 +71,8 @@ def _predict_rows(
     tokenizer: Any,
 ) -> list[dict[str, Any]]:
     """Prompt rows (prompt ids, reference ids, prompt text) of the evaluation Dataset or the validation split."""
-    predict = job.evaluation.predict  # type: ignore[union-attr]
-    assert predict is not None
+    predict = job.evaluation.predict if job.evaluation is not None else None
+    assert predict is not None, "called only for a job with evaluation.predict"
     # The prompt shape (ppo's) encodes the prompt alone and keeps the reference answer as labels.
     prompts = replace(processing, stage=Stage.PPO, packing=False, streaming=False)
     if predict.dataset:

@@ -100,7 +100,7 @@ def run_grpo(
     )  # bad reward settings fail before any work
 
     tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
-    data = prepare_dataset(datasets, processing, tokenizer)
+    data = prepare_dataset(datasets, processing, tokenizer, shared=ws.prepared)
     warn_skipped_rows(data)
     if data.eval is not None:
         log.warning("spec.training.valSize: stage grpo does not evaluate; the validation rows are left out")

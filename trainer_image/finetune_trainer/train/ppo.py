@@ -35,6 +35,7 @@ from ..data import (
 from ..model import load_model_and_tokenizer, prepare_model_for_training
 from ..model.loader import load_tokenizer
 from ..model.sources import fetch_source
+from .loop import warn_skipped_rows
 from .ppo_loop import PpoLoop, PpoSettings, mean_over, total_steps
 from .ppo_models import (
     REWARD_FIELD,
@@ -99,15 +100,8 @@ def run_ppo(
     processing = job_processing_config(spec)
 
     tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
-    data = prepare_dataset(datasets, processing, tokenizer)
-    for summary in data.summaries:
-        if summary.num_errors:
-            log.warning(
-                "%s: %d malformed rows skipped, first: %s",
-                summary.name,
-                summary.num_errors,
-                summary.errors[:3],
-            )
+    data = prepare_dataset(datasets, processing, tokenizer, shared=ws.prepared)
+    warn_skipped_rows(data)
 
     loaded = load_model_and_tokenizer(
         spec.model,

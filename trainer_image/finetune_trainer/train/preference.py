@@ -50,7 +50,7 @@ def run_preference(
     processing = job_processing_config(spec)
 
     tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
-    data = prepare_dataset(datasets, processing, tokenizer)
+    data = prepare_dataset(datasets, processing, tokenizer, shared=ws.prepared)
     check_rows(data, processing.shape, spec.method.stage)
     warn_skipped_rows(data)
 
