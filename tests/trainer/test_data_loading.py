@@ -186,3 +186,24 @@ def test_s3_object_and_prefix(
     )
     ds = load_rows(single, cache_dir=data_cache_dir)
     assert ds[0]["instruction"] == "question 4"
+
+
+def test_s3_dataset_read_with_its_own_mounted_keys(
+    s3_server, s3_bucket: str, tmp_path: Path, data_cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """In a pod the environment holds the *output* keys; a Dataset's own Secret is a mounted folder."""
+    from finetune_api.dataset import DatasetSpec
+    from finetune_trainer.data import dataset_config
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "the-output-keys-not-these")
+    secret = tmp_path / "dataset-secret"
+    secret.mkdir()
+    (secret / "accessKeyId").write_text(s3_server.access_key)
+    (secret / "secretAccessKey").write_text(s3_server.secret_key)
+    monkeypatch.setenv("FINETUNE_DATASET_CREDENTIALS", json.dumps({"qa": str(secret)}))
+    s3_server.client().upload_file(str(write_rows(tmp_path / "qa.jsonl", ROWS)), s3_bucket, "private/qa.jsonl")
+    spec = DatasetSpec(source=f"s3://{s3_bucket}/private/qa.jsonl", endpoint=s3_server.endpoint_url)
+    cfg = dataset_config(spec, name="qa")
+    assert cfg.credentials_dir == str(secret)
+    assert len(load_rows(cfg, cache_dir=data_cache_dir)) == 12

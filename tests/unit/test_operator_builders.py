@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -201,3 +202,11 @@ def test_settings_from_env() -> None:
     assert s.gpu_memory_gib == 80.0
     assert s.resync_seconds == 2.0
     assert settings_from_env({}).namespaces == ()
+
+
+def test_each_datasets_own_secret_is_mounted_and_named_for_the_trainer() -> None:
+    job = build_trainer_job(make_job(), [make_dataset(credentialsSecret="dataset-keys")], OWNER, SETTINGS)
+    folders = json.loads(env_of(job)["FINETUNE_DATASET_CREDENTIALS"])
+    assert list(folders) == ["chats"]
+    mounts = {m["mountPath"] for m in container(job)["volumeMounts"]}
+    assert folders["chats"] in mounts

@@ -55,13 +55,14 @@ def output_parts(parts: PodParts, output: OutputSpec) -> None:
         parts.env += plain_env({"FINETUNE_S3_CREDENTIALS_DIR": folder})
 
 
-def source_credentials(parts: PodParts, secret: str | None, mount_as: str) -> None:
-    """A model or dataset source's Secret: HF_TOKEN (if the key exists) and the whole Secret as files."""
+def source_credentials(parts: PodParts, secret: str | None, mount_as: str) -> str | None:
+    """A model or dataset source's Secret: HF_TOKEN (if the key exists) and the whole Secret as files;
+    returns the folder (None without a Secret)."""
     if not secret:
-        return
+        return None
     if not any(e["name"] == "HF_TOKEN" for e in parts.env):
         parts.env.append(secret_env("HF_TOKEN", secret, "HF_TOKEN", optional=True))
-    parts.add_secret_dir(secret, mount_as)
+    return parts.add_secret_dir(secret, mount_as)
 
 
 def _container(work: Workload, settings: Settings) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Final
 
 import yaml
 
+from finetune_api.pod import DATASET_CREDENTIALS_ENV
 from finetune_api.resources import Dataset, FineTuneJob
 
 from ..settings import Settings
@@ -92,9 +94,16 @@ def _pod_parts(job: FineTuneJob, datasets: list[Dataset]) -> PodParts:
     parts.add_pvc(spec.model.source)
     if spec.model.adapter:
         parts.add_pvc(spec.model.adapter)
+    dataset_dirs = {}
     for ds in datasets:
-        source_credentials(parts, ds.spec.credentials_secret, child_name("dataset", ds.metadata.name, 40))
+        folder = source_credentials(
+            parts, ds.spec.credentials_secret, child_name("dataset", ds.metadata.name, 40)
+        )
+        if folder:
+            dataset_dirs[ds.metadata.name] = folder
         parts.add_pvc(ds.spec.source)
+    if dataset_dirs:  # the trainer reads each Dataset with its own keys
+        parts.env += plain_env({DATASET_CREDENTIALS_ENV: json.dumps(dataset_dirs, sort_keys=True)})
     if spec.resources.nodes > 1:
         master = f"{trainer_job_name(job.metadata.name)}-0.{trainer_job_name(job.metadata.name)}"
         parts.env += plain_env(

@@ -53,7 +53,10 @@ def fingerprint(
         "version": CACHE_FORMAT_VERSION,
         "tokenizer": tokenizer_hash,
         "processing": settings,
-        "datasets": [{**asdict(cfg), "data": data_hash} for cfg, data_hash in datasets],
+        # where the keys are mounted is not what the data is: pods and workstations share entries
+        "datasets": [
+            {**asdict(cfg), "credentials_dir": None, "data": data_hash} for cfg, data_hash in datasets
+        ],
     }
     return hashlib.blake2b(json.dumps(key, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 

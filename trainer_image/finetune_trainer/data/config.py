@@ -123,6 +123,8 @@ class DatasetConfig:
     max_samples: int | None = None
     weight: float = 1.0
     s3_endpoint: str | None = None
+    credentials_dir: str | None = None
+    """Mounted Secret folder with this Dataset's S3 keys (pods); the environment's keys otherwise."""
 
     @property
     def label(self) -> str:

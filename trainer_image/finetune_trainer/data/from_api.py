@@ -7,6 +7,7 @@ from pathlib import Path
 from finetune_api.dataset import DatasetSpec
 from finetune_api.finetunejob import FineTuneJobSpec, MixStrategy, TrainingSpec
 from finetune_api.method import Stage
+from finetune_api.pod import dataset_credentials_dirs
 
 from .config import (
     ColumnNames,
@@ -47,6 +48,7 @@ def dataset_config(spec: DatasetSpec, *, name: str = "", weight: float = 1.0) ->
         max_samples=spec.max_samples,
         weight=weight,
         s3_endpoint=spec.endpoint,
+        credentials_dir=dataset_credentials_dirs().get(name),
     )
 
 

@@ -103,7 +103,9 @@ def load_rows(cfg: DatasetConfig, *, cache_dir: Path, streaming: bool = False) -
     Raises:
         ValueError: the source cannot be found or read.
     """
-    resolved: ResolvedSource = resolve_source(cfg.source, cache_dir=cache_dir, s3_endpoint=cfg.s3_endpoint)
+    resolved: ResolvedSource = resolve_source(
+        cfg.source, cache_dir=cache_dir, s3_endpoint=cfg.s3_endpoint, credentials_dir=cfg.credentials_dir
+    )
     hf_cache = str(cache_dir / "hf")
     if resolved.hub_name:
         ds = load_dataset(

@@ -71,7 +71,12 @@ def check_processing(processing: ProcessingConfig) -> None:
 
 
 def _data_hash(cfg: DatasetConfig, processing: ProcessingConfig) -> str:
-    resolved = resolve_source(cfg.source, cache_dir=processing.cache_dir, s3_endpoint=cfg.s3_endpoint)
+    resolved = resolve_source(
+        cfg.source,
+        cache_dir=processing.cache_dir,
+        s3_endpoint=cfg.s3_endpoint,
+        credentials_dir=cfg.credentials_dir,
+    )
     if resolved.hub_name:  # no content hash without the hub; the name, split and subset stand in
         return f"hf:{resolved.hub_name}:{cfg.split}:{cfg.subset}"
     return hash_files(resolved.files)

@@ -30,7 +30,9 @@ class ResolvedSource:
     hub_name: str | None = None
 
 
-def resolve_source(source: str, *, cache_dir: Path, s3_endpoint: str | None = None) -> ResolvedSource:
+def resolve_source(
+    source: str, *, cache_dir: Path, s3_endpoint: str | None = None, credentials_dir: str | None = None
+) -> ResolvedSource:
     """Turn a Dataset's ``source`` URI into local files (downloading remote ones) or a hub name.
 
     Raises:
@@ -43,7 +45,11 @@ def resolve_source(source: str, *, cache_dir: Path, s3_endpoint: str | None = No
     if scheme in ("http", "https"):
         return ResolvedSource(files=(download_https(source, cache_dir=cache_dir),))
     if scheme == "s3":
-        return ResolvedSource(files=download_s3(source, cache_dir=cache_dir, endpoint=s3_endpoint))
+        return ResolvedSource(
+            files=download_s3(
+                source, cache_dir=cache_dir, endpoint=s3_endpoint, credentials_dir=credentials_dir
+            )
+        )
     if scheme == "pvc":
         root = Path(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT))
         return ResolvedSource(
@@ -88,7 +94,9 @@ def download_https(url: str, *, cache_dir: Path, timeout: float = 60.0) -> Path:
     return dest
 
 
-def download_s3(uri: str, *, cache_dir: Path, endpoint: str | None = None) -> tuple[Path, ...]:
+def download_s3(
+    uri: str, *, cache_dir: Path, endpoint: str | None = None, credentials_dir: str | None = None
+) -> tuple[Path, ...]:
     """Download an object, or every data file under a prefix, into the cache.
 
     A file already there with the object's size is reused.
@@ -97,7 +105,7 @@ def download_s3(uri: str, *, cache_dir: Path, endpoint: str | None = None) -> tu
     from finetune_trainer.storage.credentials import load_s3_settings
     from finetune_trainer.storage.stores import open_store
 
-    settings = load_s3_settings(endpoint_url=endpoint)
+    settings = load_s3_settings(endpoint_url=endpoint, secret_dir=credentials_dir)
     dest_root = _download_dir(cache_dir, uri)
     store = open_store(uri, settings=settings)
     listing = {k: v for k, v in store.list_files().items() if k.endswith(DATA_SUFFIXES)}
