@@ -7,7 +7,11 @@ batch (padding excluded) and step callbacks time each optimizer step.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,6 +73,20 @@ class Meter(TrainerCallback):
 
 
 METER: Meter | None = None
+# Set to a file path to write torch.profiler's op table (self CPU time) of the training run there.
+PROFILE_ENV = "BENCH_TORCH_PROFILE"
+
+
+@contextlib.contextmanager
+def _profiled() -> Iterator[None]:
+    target = os.environ.get(PROFILE_ENV)
+    if not target:
+        yield
+        return
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        yield
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+    Path(target).write_text(table)
 
 
 def install(pad_token_id: int) -> Meter:
@@ -82,7 +100,8 @@ def install(pad_token_id: int) -> Meter:
         hook = self.model.register_forward_pre_hook(meter.count, with_kwargs=True)
         started, cpu_started = time.perf_counter(), time.process_time()
         try:
-            return original(self, *args, **kwargs)
+            with _profiled():
+                return original(self, *args, **kwargs)
         finally:
             meter.train_seconds = time.perf_counter() - started
             meter.train_cpu_seconds = time.process_time() - cpu_started

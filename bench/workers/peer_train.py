@@ -44,6 +44,9 @@ def lf_arguments(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
         "preprocessing_num_workers": 2,
         "overwrite_cache": True,
         "output_dir": str(work / "out"),
+        # LLaMA-Factory checkpoints activations by default; ours is off in the plan: like for like,
+        # and faster whenever the memory suffices (it does here).
+        "disable_gradient_checkpointing": True,
         "per_device_train_batch_size": cfg["batch_size"],
         "gradient_accumulation_steps": 1,
         "max_steps": cfg["steps"],

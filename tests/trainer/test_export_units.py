@@ -182,6 +182,12 @@ def test_run_metrics_keeps_the_last_of_each() -> None:
     assert run_metrics([{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}]) == {"step": 2, "final_loss": 2.0}
 
 
+def test_run_metrics_carry_the_evaluation_scores_into_the_card() -> None:
+    records = [{"step": 2, "loss": 2.0}, {"step": 2, "predict_bleu-4": 35.4, "benchmark_accuracy/overall": 100.0}]
+    metrics = run_metrics(records)
+    assert metrics["predict_bleu-4"] == 35.4 and metrics["benchmark_accuracy/overall"] == 100.0
+
+
 def test_modelfile_for_chatml_and_unknown_templates() -> None:
     assert ollama_template(CHAT_TEMPLATE) == CHATML_TEMPLATE and ollama_template("{{ messages }}") is None
     text = modelfile(

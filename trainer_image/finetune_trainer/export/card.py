@@ -43,7 +43,8 @@ class CardFacts:
 
 
 def run_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run's headline metrics from trainer_log.jsonl: final summary, last logged and eval losses."""
+    """The run's headline metrics from trainer_log.jsonl: final summary, last logged and eval losses,
+    and the evaluation scores."""
     metrics: dict[str, Any] = {}
     for record in records:
         for key in ("loss", "eval_loss", "learning_rate", "epoch", "step"):
@@ -52,6 +53,8 @@ def run_metrics(records: list[dict[str, Any]]) -> dict[str, Any]:
         for key in ("train_loss", "train_runtime", "train_samples_per_second", "num_input_tokens_seen"):
             if key in record:
                 metrics[key] = record[key]
+        # spec.evaluation's scores (BLEU/ROUGE of predictions, benchmark accuracy per subject)
+        metrics |= {k: v for k, v in record.items() if k.startswith(("predict_", "benchmark_"))}
     return metrics
 
 
