@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .manifest import MANIFEST_NAME, Manifest, build_manifest, sha256_file
+from .manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestEntry,
+    entry_for,
+    iter_artifact_files,
+    manifest_of,
+    sha256_file,
+)
 from .stores import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -45,9 +53,20 @@ def upload_with_manifest(local_dir: Path, store: ObjectStore) -> Manifest:
     An older manifest at the destination is removed first, so a half-overwritten artifact never
     looks complete.
     """
-    manifest = build_manifest(local_dir)
+    if not local_dir.is_dir():
+        raise NotADirectoryError(str(local_dir))
     store.delete(MANIFEST_NAME)
-    _parallel(lambda e: store.put_file(e.path, local_dir / e.path), list(manifest.files))
+
+    def hash_and_upload(item: tuple[str, Path]) -> ManifestEntry:
+        # Hashing in the upload workers overlaps it with the transfers of the other files.
+        rel, full = item
+        entry = entry_for(rel, full)
+        store.put_file(rel, full)
+        return entry
+
+    with ThreadPoolExecutor(max_workers=_FILE_WORKERS) as pool:
+        entries = list(pool.map(hash_and_upload, iter_artifact_files(local_dir)))
+    manifest = manifest_of(entries)
     store.put_bytes(MANIFEST_NAME, manifest.to_json().encode(), content_type="application/json")
     log.info("uploaded %d files (%d bytes) to %s", len(manifest.files), manifest.total_size, store.uri)
     return manifest

@@ -114,9 +114,15 @@ def build_manifest(root: Path, *, now: datetime | None = None) -> Manifest:
     """
     if not root.is_dir():
         raise NotADirectoryError(str(root))
-    entries = tuple(
-        ManifestEntry(path=rel, size=full.stat().st_size, sha256=sha256_file(full))
-        for rel, full in iter_artifact_files(root)
-    )
+    return manifest_of([entry_for(rel, full) for rel, full in iter_artifact_files(root)], now=now)
+
+
+def entry_for(rel: str, full: Path) -> ManifestEntry:
+    """The manifest entry of one file: its path relative to the artifact, size and sha256."""
+    return ManifestEntry(path=rel, size=full.stat().st_size, sha256=sha256_file(full))
+
+
+def manifest_of(entries: list[ManifestEntry], *, now: datetime | None = None) -> Manifest:
+    """A manifest of ``entries``, stamped now."""
     stamp = (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return Manifest(files=entries, created_at=stamp)
+    return Manifest(files=tuple(entries), created_at=stamp)
