@@ -226,7 +226,10 @@ def test_interrupted_export_resumes_without_reuploading(
     for key, (etag, modified) in before.items():
         assert after[key] == (etag, modified), f"{key} was uploaded again"
     report = termination_report(s3_env)
-    assert report["skippedFiles"] == len(before) and report["uploadedFiles"] == len(after) - len(before) - 1
+    # Requests already sent when the kill landed may still complete on the server after `before` was
+    # listed: those count as skipped too. Every file is either skipped or uploaded, never both.
+    assert report["skippedFiles"] >= len(before) > 0
+    assert report["skippedFiles"] + report["uploadedFiles"] == len(after) - 1  # all but the manifest
     assert {"manifest.json", "README.md"} <= after.keys()
     verify_artifact(open_store(f"s3://{s3_bucket}/{prefix}"), deep=True)
 

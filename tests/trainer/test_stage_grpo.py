@@ -69,9 +69,17 @@ def test_grpo_raises_an_easy_builtin_reward(tmp_path: Path, model_cache_dir: Pat
     method = {
         "finetuning": "lora",
         "lora": {"rank": 8},
-        "grpo": {"numGenerations": 8, "rewards": [{"regex": "^[0-9]"}], "generation": {"maxNewTokens": 4}},
+        # beta 0: nothing holds the policy back, so the (weak, random-model) signal shows within 60 steps
+        "grpo": {
+            "numGenerations": 8,
+            "beta": 0.0,
+            "rewards": [{"regex": "^[0-9]"}],
+            "generation": {"maxNewTokens": 4},
+        },
     }
-    training = {"maxSteps": 60, "perDeviceBatchSize": 16, "gradientAccumulationSteps": 1, "saveSteps": 30}
+    training = {
+        "maxSteps": 60, "perDeviceBatchSize": 16, "gradientAccumulationSteps": 1, "saveSteps": 30, "learningRate": 1e-2,
+    }  # fmt: skip
     job = write_stage_job(
         tmp_path / "grpo.yaml", stage="grpo", method=method, dataset=PROMPTS, out=out, training=training
     )
