@@ -91,7 +91,9 @@ class CheckpointUploadCallback(TrainerCallback):
         self.on_uploaded = on_uploaded
         self.uploaded: list[str] = []
 
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         if not state.is_world_process_zero:
             return
         local = Path(args.output_dir) / f"checkpoint-{state.global_step}"

@@ -12,27 +12,27 @@ from collections.abc import Sequence
 
 from transformers import Trainer
 
-from ..data import DatasetConfig, job_processing_config, make_collator, prepare_dataset
+from ..data import DatasetConfig, job_processing_config, make_collator
 from ..evaluate import prepare_evaluation, run_evaluation
 from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
-from ..model.loader import load_tokenizer
-from ..model.sources import fetch_source
 from .arguments import build_training_arguments
-from .loop import train_and_save, warn_skipped_rows
+from .loop import tokenize_datasets, train_and_save
 from .workspace import TrainOutcome, Workspace
 
 log = logging.getLogger(__name__)
 
 
-def run_causal_lm(ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, object]]) -> TrainOutcome:
+def run_causal_lm(
+    ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, object]]
+) -> TrainOutcome:
     """Train ``ws.spec`` (stage pt or sft) on ``datasets``; ``documents`` are saved as the resolved spec."""
     spec = ws.spec
     processing = job_processing_config(spec)
 
-    tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
-    data = prepare_dataset(datasets, processing, tokenizer, shared=ws.prepared)
-    warn_skipped_rows(data)
-    evaluation = prepare_evaluation(spec, train=datasets, documents=documents, processing=processing, tokenizer=tokenizer)
+    tokenizer, data = tokenize_datasets(ws, datasets, processing)
+    evaluation = prepare_evaluation(
+        spec, train=datasets, documents=documents, processing=processing, tokenizer=tokenizer
+    )
 
     # Built before the model: under ZeRO-3 the arguments make from_pretrained load the weights sharded.
     args = build_training_arguments(spec, output_dir=ws.work_dir / "trainer", has_eval=data.eval is not None)

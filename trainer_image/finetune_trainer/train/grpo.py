@@ -20,14 +20,13 @@ from trl import GRPOConfig, GRPOTrainer
 from finetune_api.finetunejob import FineTuneJobSpec
 from finetune_api.method import GrpoSpec
 
-from ..data import DatasetConfig, job_processing_config, prepare_dataset
+from ..data import DatasetConfig, job_processing_config
 from ..data.config import AnyDataset
 from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
-from ..model.loader import load_tokenizer
 from ..model.sources import fetch_source
 from .arguments import training_arguments
 from .grpo_rewards import REFERENCE_COLUMN, builtin_rewards
-from .loop import train_and_save, warn_skipped_rows
+from .loop import tokenize_datasets, train_and_save
 from .workspace import TrainOutcome, Workspace
 
 log = logging.getLogger(__name__)
@@ -99,9 +98,7 @@ def run_grpo(
         grpo.rewards, datasets
     )  # bad reward settings fail before any work
 
-    tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
-    data = prepare_dataset(datasets, processing, tokenizer, shared=ws.prepared)
-    warn_skipped_rows(data)
+    tokenizer, data = tokenize_datasets(ws, datasets, processing)
     if data.eval is not None:
         log.warning("spec.training.valSize: stage grpo does not evaluate; the validation rows are left out")
     reward_tokenizers: list[PreTrainedTokenizerBase | None] = [None] * len(reward_funcs)

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
-from transformers import PrinterCallback, Trainer
+from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer
 
-from ..data import PreparedData
+from ..data import DatasetConfig, PreparedData, ProcessingConfig, prepare_dataset
+from ..model.loader import load_tokenizer
+from ..model.sources import fetch_source
 from .workspace import TrainOutcome, Workspace
 
 log = logging.getLogger(__name__)
+
+
+def tokenize_datasets(
+    ws: Workspace, datasets: Sequence[DatasetConfig], processing: ProcessingConfig
+) -> tuple[PreTrainedTokenizerBase, PreparedData]:
+    """The job's tokenizer and its prepared rows, before any model is loaded (bad data fails here);
+    shared through object storage when a Dataset asks for it; skipped rows are logged."""
+    spec = ws.spec
+    tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
+    data = prepare_dataset(datasets, processing, tokenizer, shared=ws.prepared)
+    warn_skipped_rows(data)
+    return tokenizer, data
 
 
 def warn_skipped_rows(data: PreparedData) -> None:

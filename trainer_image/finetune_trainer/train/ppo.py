@@ -29,13 +29,11 @@ from ..data import (
     job_processing_config,
     make_collator,
     pad_token_id,
-    prepare_dataset,
     stop_token_ids,
 )
 from ..model import load_model_and_tokenizer, prepare_model_for_training
-from ..model.loader import load_tokenizer
 from ..model.sources import fetch_source
-from .loop import warn_skipped_rows
+from .loop import tokenize_datasets
 from .ppo_loop import PpoLoop, PpoSettings, mean_over, total_steps
 from .ppo_models import (
     REWARD_FIELD,
@@ -99,9 +97,7 @@ def run_ppo(
     ppo = check_ppo_spec(spec)
     processing = job_processing_config(spec)
 
-    tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
-    data = prepare_dataset(datasets, processing, tokenizer, shared=ws.prepared)
-    warn_skipped_rows(data)
+    _, data = tokenize_datasets(ws, datasets, processing)
 
     loaded = load_model_and_tokenizer(
         spec.model,

@@ -14,13 +14,11 @@ from transformers import TrainingArguments
 
 from finetune_api.method import Stage
 
-from ..data import DatasetConfig, PreparedData, Shape, job_processing_config, make_collator, prepare_dataset
+from ..data import DatasetConfig, PreparedData, Shape, job_processing_config, make_collator
 from ..data.processor import OUTPUT_COLUMNS
 from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
-from ..model.loader import load_tokenizer
-from ..model.sources import fetch_source
 from .arguments import training_arguments
-from .loop import train_and_save, warn_skipped_rows
+from .loop import tokenize_datasets, train_and_save
 from .preference_trainer import PreferenceTrainer
 from .reference import preference_of, reference_model_for
 from .workspace import TrainOutcome, Workspace
@@ -49,10 +47,8 @@ def run_preference(
     preference = preference_of(spec)
     processing = job_processing_config(spec)
 
-    tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
-    data = prepare_dataset(datasets, processing, tokenizer, shared=ws.prepared)
+    _, data = tokenize_datasets(ws, datasets, processing)
     check_rows(data, processing.shape, spec.method.stage)
-    warn_skipped_rows(data)
 
     loaded = load_model_and_tokenizer(
         spec.model,

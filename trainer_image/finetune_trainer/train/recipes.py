@@ -12,7 +12,17 @@ from .workspace import TrainOutcome, Workspace
 
 Recipe = Callable[[Workspace, Sequence[DatasetConfig], list[dict[str, Any]]], TrainOutcome]
 
-IMPLEMENTED_STAGES: tuple[Stage, ...] = (Stage.PT, Stage.SFT, Stage.RM, Stage.DPO, Stage.ORPO, Stage.SIMPO, Stage.KTO, Stage.PPO, Stage.GRPO)
+IMPLEMENTED_STAGES: tuple[Stage, ...] = (
+    Stage.PT,
+    Stage.SFT,
+    Stage.RM,
+    Stage.DPO,
+    Stage.ORPO,
+    Stage.SIMPO,
+    Stage.KTO,
+    Stage.PPO,
+    Stage.GRPO,
+)
 
 
 def recipe_for(stage: Stage) -> Recipe:

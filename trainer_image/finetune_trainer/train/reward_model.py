@@ -12,13 +12,11 @@ from typing import Any
 
 from trl import RewardConfig, RewardTrainer
 
-from ..data import DatasetConfig, job_processing_config, prepare_dataset
+from ..data import DatasetConfig, job_processing_config
 from ..data.config import AnyDataset
 from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
-from ..model.loader import load_tokenizer
-from ..model.sources import fetch_source
 from .arguments import training_arguments
-from .loop import train_and_save, warn_skipped_rows
+from .loop import tokenize_datasets, train_and_save
 from .preference import check_rows
 from .workspace import TrainOutcome, Workspace
 
@@ -36,10 +34,8 @@ def run_reward_model(
     spec = ws.spec
     processing = job_processing_config(spec)
 
-    tokenizer = load_tokenizer(fetch_source(spec.model.source, field="spec.model.source"), spec=spec.model)
-    data = prepare_dataset(datasets, processing, tokenizer, shared=ws.prepared)
+    _, data = tokenize_datasets(ws, datasets, processing)
     check_rows(data, processing.shape, spec.method.stage)
-    warn_skipped_rows(data)
 
     loaded = load_model_and_tokenizer(
         spec.model,

@@ -94,7 +94,9 @@ class Workspace:
 
         Every rank downloads its own copy: ranks may be on different nodes with no shared disk.
         """
-        restored = restore_latest_checkpoint(self.store.child(CHECKPOINTS), self.work_dir / f"resume-{global_rank()}")
+        restored = restore_latest_checkpoint(
+            self.store.child(CHECKPOINTS), self.work_dir / f"resume-{global_rank()}"
+        )
         if restored is None:
             return None
         ref, path = restored
@@ -129,7 +131,9 @@ class Workspace:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def open_workspace(name: str, spec: FineTuneJobSpec, output_uri: str, *, share_prepared: bool = False) -> Workspace:
+def open_workspace(
+    name: str, spec: FineTuneJobSpec, output_uri: str, *, share_prepared: bool = False
+) -> Workspace:
     """Open the output store and local staging dir; rank 0 also starts metrics and progress.
 
     ``share_prepared``: prepared datasets are shared beside the output (see ``prepared_root``).
