@@ -7,20 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from bench.workers.cputime import cpu_seconds
 from finetune_api.method import Stage
 from finetune_trainer.data import DatasetConfig, ProcessingConfig, prepare_dataset
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and its reaped children (the map workers)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:

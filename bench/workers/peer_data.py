@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 from pathlib import Path
 
+from cputime import cpu_seconds  # bench/workers/ is this script's sys.path[0]
 from peer_compat import text_only_torchaudio  # bench/workers/ is this script's sys.path[0]
 
 text_only_torchaudio()
@@ -18,12 +18,6 @@ text_only_torchaudio()
 from llamafactory.data import get_dataset, get_template_and_fix_tokenizer  # noqa: E402
 from llamafactory.hparams import get_train_args  # noqa: E402
 from llamafactory.model import load_tokenizer  # noqa: E402
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and its reaped children (the map workers)."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> None:

@@ -189,3 +189,22 @@ class Harness:
 
     def events_for(self, name: str) -> list[client.CoreV1Event]:
         return [e for e in self.core.list_namespaced_event(self.ns).items if e.involved_object.name == name]
+
+
+def job_spec(bucket: str, s3: S3Server, *, run: str = "demo", **over: Any) -> dict[str, Any]:
+    """A small sft FineTuneJob spec writing to s3://<bucket>/runs/<run> on the test S3 server."""
+    spec: dict[str, Any] = {
+        "model": {"source": "tiny://llama"},
+        "datasets": [{"ref": "chats"}],
+        "method": {"stage": "sft", "finetuning": "lora"},
+        "training": {"maxSteps": 10},
+        "resources": {"gpusPerNode": 1, "memory": "8Gi"},
+        "output": {
+            "uri": f"s3://{bucket}/runs/{run}",
+            "endpoint": s3.endpoint_url,
+            "credentialsSecret": "s3-creds",
+        },
+        "backoffLimit": 0,
+    }
+    spec.update(over)
+    return spec

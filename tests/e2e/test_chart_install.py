@@ -21,7 +21,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.operator_harness import Harness, OperatorProcess
+from tests.e2e.operator_harness import Harness, OperatorProcess, job_spec
 from tests.fixtures.cluster import Cluster, wait_until
 from tests.fixtures.s3 import S3Server
 from tests.unit.test_chart_render import CHART, helm
@@ -88,19 +88,7 @@ def run_job_to_succeeded(h: Harness, s3: S3Server, bucket: str) -> dict[str, Any
     """The happy path: Dataset Ready, FineTuneJob Running with progress from S3, then Succeeded."""
     h.s3_secret(s3)
     h.ready_dataset()
-    spec = {
-        "model": {"source": "tiny://llama"},
-        "datasets": [{"ref": "chats"}],
-        "method": {"stage": "sft", "finetuning": "lora"},
-        "training": {"maxSteps": 10},
-        "resources": {"gpusPerNode": 1, "memory": "8Gi"},
-        "output": {
-            "uri": f"s3://{bucket}/runs/chart",
-            "endpoint": s3.endpoint_url,
-            "credentialsSecret": "s3-creds",
-        },
-        "backoffLimit": 0,
-    }
+    spec = job_spec(bucket, s3, run="chart")
     h.create("finetunejobs", "chart", spec, "FineTuneJob")
     h.running_pods("chart-train")
     h.wait_phase("finetunejobs", "chart", "Running")

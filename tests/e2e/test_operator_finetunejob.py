@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.operator_harness import Harness, OperatorProcess, operator_fixture  # noqa: F401 (fixture)
+from tests.e2e.operator_harness import Harness, OperatorProcess, job_spec, operator_fixture  # noqa: F401 (fixture)
 from tests.fixtures.cluster import Cluster, wait_until
 from tests.fixtures.s3 import S3Server
 
@@ -23,24 +23,6 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def h(cluster: Cluster, namespace: str, operator_process: OperatorProcess) -> Harness:
     return Harness(cluster, namespace)
-
-
-def job_spec(bucket: str, s3: S3Server, **over: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "model": {"source": "tiny://llama"},
-        "datasets": [{"ref": "chats"}],
-        "method": {"stage": "sft", "finetuning": "lora"},
-        "training": {"maxSteps": 10},
-        "resources": {"gpusPerNode": 1, "memory": "8Gi"},
-        "output": {
-            "uri": f"s3://{bucket}/runs/demo",
-            "endpoint": s3.endpoint_url,
-            "credentialsSecret": "s3-creds",
-        },
-        "backoffLimit": 0,
-    }
-    spec.update(over)
-    return spec
 
 
 def test_happy_path_runs_to_succeeded_with_live_progress(
