@@ -24,4 +24,16 @@ fi
 # Point the shared environment at this checkout's sources.
 "$venv/bin/pip" install -q --no-deps --no-build-isolation -e .
 ln -sfn "$venv" .venv
+touch "$venv/.last-used"
+# One venv per dependency set accumulates (several GB each): drop the ones no run has used for
+# FT_VENV_KEEP_DAYS days (the Dockerfile install test's venvs too). Never the current one.
+keep_days="${FT_VENV_KEEP_DAYS:-3}"
+for old in "$cache"/venv-* "$cache"/docker-operator-venv-*; do
+  [ -d "$old" ] && [ "$old" != "$venv" ] || continue
+  marker="$old/.last-used"
+  [ -e "$marker" ] || marker="$old"
+  if [ -n "$(find "$marker" -maxdepth 0 -mtime +"$keep_days" 2>/dev/null)" ]; then
+    rm -rf "$old"
+  fi
+done
 echo "$venv"

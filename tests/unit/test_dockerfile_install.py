@@ -146,6 +146,7 @@ def test_operator_target_installs_and_imports_in_a_fresh_venv() -> None:
                 ".",
             ]
             run(pip, workdir, "install")
+        (venv / ".last-used").touch()  # hack/setup-env.sh prunes these venvs when unused for days
     assert stage.entrypoint[:2] == ["python", "-m"], stage.entrypoint
     module = stage.entrypoint[2]
     probe = (
