@@ -38,7 +38,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 class SourceModel:
     """The model to export before merging: the base with its adapter applied (or a full model)."""
 
-    model: PreTrainedModel | PeftModel
+    model: PreTrainedModel | PeftModel | None
+    """``None`` until :func:`load_model` (the streaming merge never loads it)."""
     tokenizer: PreTrainedTokenizerBase
     dtype: torch.dtype
     base_path: str
@@ -48,6 +49,10 @@ class SourceModel:
     """lora, dora or full (a fully fine-tuned model, or a base exported as is)."""
     auto_class: Any
     """The transformers auto class that loads the model back (causal LM, or a reward model's head)."""
+    config: PretrainedConfig
+    """The base's config as the export writes it (rope scaling applied, a reward head's one label)."""
+    revision: str | None = None
+    trust_remote_code: bool = False
 
 
 def export_dtype(requested: str, config: PretrainedConfig) -> torch.dtype:
@@ -98,8 +103,8 @@ def _auto_class(adapter_path: str | None) -> Any:
     return AutoModelForCausalLM
 
 
-def load_source(plan: ExportPlan) -> SourceModel:
-    """Fetch and load the base (unquantized, in the export dtype) with its adapter applied.
+def resolve_source(plan: ExportPlan) -> SourceModel:
+    """Fetch the base and adapter and read their configs and tokenizer; no weight is loaded yet.
 
     A FineTuneJob trained with QLoRA (``model.quantization``) merges into the full-precision base:
     its quantization is deliberately not applied here.
@@ -131,22 +136,44 @@ def load_source(plan: ExportPlan) -> SourceModel:
     auto_class = _auto_class(adapter_path)
     if auto_class is AutoModelForSequenceClassification:
         config.num_labels = 1
+    return SourceModel(
+        None, tokenizer, dtype, base_path, adapter_path, method, auto_class, config,
+        spec.revision, spec.trust_remote_code,
+    )  # fmt: skip
+
+
+def load_model(source: SourceModel, label: str) -> SourceModel:
+    """Load the base (unquantized, in the export dtype) with its adapter applied into ``source.model``.
+
+    Raises:
+        ValueError: the model loaded quantized.
+    """
+    kwargs: dict[str, Any] = {"revision": source.revision, "trust_remote_code": source.trust_remote_code}
+    config = source.config
     # Stored dtype first: the weights stay an untouched memory map until each is read privately.
-    model = auto_class.from_pretrained(base_path, config=config, dtype=export_dtype("auto", config), **kwargs)
-    load_private_weights(model, checkpoint_files(base_path, revision=spec.revision), dtype)
+    model = source.auto_class.from_pretrained(
+        source.base_path, config=config, dtype=export_dtype("auto", config), **kwargs
+    )
+    load_private_weights(model, checkpoint_files(source.base_path, revision=source.revision), source.dtype)
     if is_quantized(model):  # belt and braces: a quantizer slipped in through remote code
-        raise ValueError(f"spec.model: {spec.source} loaded quantized; merging needs the unquantized base")
-    resize_embeddings_to_tokenizer(model, tokenizer)
-    if adapter_path is not None:
-        model = PeftModel.from_pretrained(model, adapter_path)
+        raise ValueError(f"spec.model: {label} loaded quantized; merging needs the unquantized base")
+    resize_embeddings_to_tokenizer(model, source.tokenizer)
+    if source.adapter_path is not None:
+        model = PeftModel.from_pretrained(model, source.adapter_path)
     model.eval()
+    source.model = model
     log.info(
         "loaded %s (%s)%s",
-        spec.source,
-        dtype,
-        f" with {method} adapter {plan.adapter}" if adapter_path else "",
+        label,
+        source.dtype,
+        f" with {source.method} adapter" if source.adapter_path else "",
     )
-    return SourceModel(model, tokenizer, dtype, base_path, adapter_path, method, auto_class)
+    return source
+
+
+def load_source(plan: ExportPlan) -> SourceModel:
+    """:func:`resolve_source` and :func:`load_model`: the base with its adapter applied, in memory."""
+    return load_model(resolve_source(plan), plan.model.source)
 
 
 def merge(source: SourceModel) -> PreTrainedModel:

@@ -21,10 +21,11 @@ from ..model.loader import cuda_available
 from ..storage import ObjectStore, S3Settings, load_s3_settings, open_store
 from ..storage.manifest import MANIFEST_NAME
 from .card import CardFacts, model_card, modelfile
-from .merge import SourceModel, load_source, merge
+from .merge import SourceModel, load_model, merge, resolve_source
 from .plan import ExportPlan, parse_size, training_spec_of
 from .quantize import calibration_texts, check_quantization, quantize_bitsandbytes, quantize_gptq
 from .shards import write_model_metadata, write_weight_shards
+from .streaming import export_streamed, streaming_plan
 from .upload import ExportUploader, UploadResult
 from .verify import LogitsCheck, compare_logits, probe_inputs, probe_logits, rtol_for
 
@@ -121,6 +122,7 @@ def _reload(folder: Path, source: SourceModel, *, quantized: bool) -> Any:
 def write_merged(source: SourceModel, out: Path, plan: ExportPlan, uploader: ExportUploader | None) -> None:
     """Merge and write the model folder shard by shard (each shard handed to ``uploader``)."""
     hook = uploader.submit if uploader is not None else None
+    assert source.model is not None
     model = merge(source)
     source.model = None  # drop the last reference but ours
     write_model_metadata(model, source.tokenizer, out, on_file=hook)
@@ -137,6 +139,7 @@ def export_weights(
     plan: ExportPlan, source: SourceModel, out: Path, work: Path, uploader: ExportUploader
 ) -> LogitsCheck:
     """Write the merged (and maybe quantized) model into ``out`` and check it against the adapter model."""
+    assert source.model is not None
     inputs = probe_inputs(source.tokenizer)
     reference = probe_logits(source.model, inputs)
     base = None
@@ -168,6 +171,19 @@ def export_weights(
     return compare_logits(
         reference, exported, rtol=rtol_for(source.dtype, quant.bits if quant else None), base=base
     )
+
+
+def merge_and_check(
+    plan: ExportPlan, source: SourceModel, out: Path, work: Path, uploader: ExportUploader
+) -> LogitsCheck:
+    """The streaming merge where it applies, else the model-based one; the log says which ran and why."""
+    stream = streaming_plan(plan, source)
+    if not isinstance(stream, str):
+        log.info("merge path: streaming (tensor by tensor; the self-check reads one block at a time)")
+        return export_streamed(plan, source, stream, out, uploader)
+    log.info("merge path: model-based (the whole model in memory), because of %s", stream)
+    load_model(source, plan.model.source)
+    return export_weights(plan, source, out, work, uploader)
 
 
 def export_adapter_only(source: SourceModel, out: Path) -> None:
@@ -214,7 +230,7 @@ def run_export(plan: ExportPlan, work_dir: Path) -> ExportResult:
     check_quantization(plan.spec.quantization, cuda=cuda_available(), weight_format=plan.spec.format)
     rss_before = peak_rss_bytes()
     store = output_store(plan)
-    source = load_source(plan)
+    source = resolve_source(plan)
     out = work_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     uploader = ExportUploader(store, out)
@@ -223,7 +239,7 @@ def run_export(plan: ExportPlan, work_dir: Path) -> ExportResult:
         if not plan.spec.merge and source.adapter_path is not None:
             export_adapter_only(source, out)
         else:
-            check = export_weights(plan, source, out, work_dir, uploader)
+            check = merge_and_check(plan, source, out, work_dir, uploader)
             log.info("self-check: %s", check.describe())
             if check.adapter_effect is not None and check.adapter_effect <= check.tolerance:
                 log.warning(

@@ -37,6 +37,16 @@ def checkpoint_files(folder: str | Path, *, revision: str | None = None) -> list
     return sorted(p for p in path.glob("*.safetensors") if not p.name.startswith("adapter_"))
 
 
+def parameter_dtype(
+    model: PreTrainedModel, name: str, tensor: torch.Tensor, dtype: torch.dtype
+) -> torch.dtype:
+    """The dtype ``from_pretrained(dtype=dtype)`` gives parameter ``name``: fp32 in the modules the model
+    keeps in fp32, the stored dtype for non-floating tensors, else ``dtype``."""
+    if not tensor.is_floating_point():
+        return tensor.dtype
+    return torch.float32 if set(model._keep_in_fp32_modules or ()) & set(name.split(".")) else dtype
+
+
 def load_private_weights(model: PreTrainedModel, files: list[Path], dtype: torch.dtype) -> int:
     """Replace each parameter by a pread copy converted to ``dtype``, one tensor at a time.
 
@@ -47,12 +57,9 @@ def load_private_weights(model: PreTrainedModel, files: list[Path], dtype: torch
     Returns how many parameters were read privately.
     """
     params = dict(model.named_parameters())
-    keep_fp32 = set(model._keep_in_fp32_modules or ())
 
     def wanted(name: str, tensor: torch.Tensor) -> torch.dtype:
-        if not tensor.is_floating_point():
-            return tensor.dtype
-        return torch.float32 if keep_fp32 & set(name.split(".")) else dtype
+        return parameter_dtype(model, name, tensor, dtype)
 
     done: set[str] = set()
     for file in files:
