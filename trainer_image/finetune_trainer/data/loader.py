@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from datasets.exceptions import DatasetGenerationError
 
 from .aligner import ALIGNED_FEATURES, RAW_COLUMN, check_columns, make_batch_aligner
 from .config import AnyDataset, DatasetConfig, Shape, resolve_num_proc
-from .processor import ids_to_arrow
+from .processor import Encoder
 from .sources import ResolvedSource, resolve_source
 
 FILE_TYPE_BUILDER = {
@@ -160,15 +160,17 @@ class AlignThenEncode:
     """Alignment and encoding fused into one ``map`` pass (no intermediate table of messages)."""
 
     align: Callable[[dict[str, list[Any]], list[int]], dict[str, list[Any]]]
-    encode: Callable[[dict[str, list[Any]]], dict[str, list[Any]]]
+    encoder: Encoder
     arrow: bool = True
     """Return an Arrow table (fast to write; ``Dataset.map`` only, streams want dicts)."""
 
+    def __post_init__(self) -> None:
+        self.encoder = replace(self.encoder, arrow=self.arrow)
+
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> pa.Table | dict[str, list[Any]]:
         aligned = self.align(batch, indices)
-        if not self.arrow:
-            return {**self.encode(aligned), "_error": aligned["_error"]}
-        return pa.table({**ids_to_arrow(self.encode(aligned)), "_error": aligned["_error"]})
+        encoded = {**self.encoder(aligned), "_error": aligned["_error"]}
+        return pa.table(encoded) if self.arrow else encoded
 
 
 def align_rows(
@@ -177,7 +179,7 @@ def align_rows(
     shape: Shape,
     *,
     num_proc: int | None = None,
-    encoder: Callable[[dict[str, list[Any]]], dict[str, list[Any]]] | None = None,
+    encoder: Encoder | None = None,
     encoded_features: Features | None = None,
     fingerprint: str | None = None,
 ) -> AlignmentResult:

@@ -1,14 +1,15 @@
 """Processors: aligned rows into token ids and labels, one batched function per stage shape.
 
 Each batch is rendered to text pairs first, then tokenised in ONE call of the fast tokenizer;
-the per-example work left in Python is list slicing and concatenation per turn, never per token.
+the per-example work left in Python is list slicing and concatenation per turn, never per token
+(supervised rows, the common case, not even that: ``gather.py`` assembles them with numpy).
 Rows whose ``_error`` is set produce empty outputs (they are dropped right after).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -18,6 +19,7 @@ from datasets import Features, List, Value
 from transformers import PreTrainedTokenizerFast
 
 from .config import IGNORE_INDEX, ProcessingConfig, Shape
+from .gather import supervised_columns
 from .template import ChatTemplate, Message
 
 Pair = tuple[list[int], list[int]]
@@ -59,9 +61,12 @@ def ids_array(rows: list[list[int]]) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
-def ids_to_arrow(out: dict[str, list[Any]]) -> dict[str, Any]:
-    """An encoder's output with its token-id columns as Arrow arrays."""
-    return {name: ids_array(values) if name in ID_COLUMNS else values for name, values in out.items()}
+def ids_to_arrow(out: dict[str, Any]) -> dict[str, Any]:
+    """An encoder's output with its token-id columns as Arrow arrays (ones that already are, kept)."""
+    return {
+        name: ids_array(values) if name in ID_COLUMNS and isinstance(values, list) else values
+        for name, values in out.items()
+    }
 
 
 def batch_encode(tokenizer: Any, texts: list[str], *, add_special_tokens: bool = False) -> list[list[int]]:
@@ -136,18 +141,40 @@ class Encoder:
     tokenizer: Any
     template: ChatTemplate
     cfg: ProcessingConfig
+    arrow: bool = False
+    """Return token-id columns as Arrow ``list<int32>`` arrays (``Dataset.map``), else Python lists."""
+    eos_id: int | None = field(init=False)
+    """Read once: every attribute read on a transformers tokenizer goes through its ``__getattr__``."""
 
-    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    def __post_init__(self) -> None:
+        self.eos_id = self.tokenizer.eos_token_id
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
+        out = self._encode(batch)
+        if self.arrow:
+            return ids_to_arrow(out)
+        return {name: v.to_pylist() if isinstance(v, pa.Array) else v for name, v in out.items()}
+
+    def _encode(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
+        """The encoded batch; supervised id columns come as Arrow arrays, the others as lists."""
         good = [not e for e in batch.get("_error", [""] * len(batch["_prompt"]))]
         shape = self.cfg.shape
         if shape is Shape.TEXT:
             return self._text(batch, good)
         rendered = [self._render(batch, i, ok) for i, ok in enumerate(good)]
         flat = [text for example in rendered for pair in example for text in pair]
+        if shape is Shape.SUPERVISED:
+            turns = np.fromiter(map(len, rendered), dtype=np.int64, count=len(rendered))
+            input_ids, labels = supervised_columns(
+                batch_encode(self.tokenizer, flat),
+                turns,
+                self.cfg,
+                eos_id=self.eos_id,
+                efficient_eos=self.template.efficient_eos,
+            )
+            return {"input_ids": input_ids, "labels": labels}
         ids = iter(batch_encode(self.tokenizer, flat))
         encoded = [[(next(ids), next(ids)) for _ in example] for example in rendered]
-        if shape is Shape.SUPERVISED:
-            return self._supervised(encoded)
         if shape is Shape.PAIRWISE:
             return self._pairwise(encoded)
         if shape is Shape.KTO:
@@ -180,16 +207,8 @@ class Encoder:
 
     def _build(self, pairs: Sequence[Pair]) -> tuple[list[int], list[int]]:
         return build_supervised(
-            pairs, self.cfg, eos_id=self.tokenizer.eos_token_id, efficient_eos=self.template.efficient_eos
+            pairs, self.cfg, eos_id=self.eos_id, efficient_eos=self.template.efficient_eos
         )
-
-    def _supervised(self, encoded: list[list[Pair]]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"input_ids": [], "labels": []}
-        for pairs in encoded:
-            ids, labels = self._build(pairs) if pairs else ([], [])
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-        return out
 
     def _prompt_of(self, pairs: list[Pair]) -> list[int]:
         """All turns before the last answer, as one prompt."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, Protocol
 
 Message = dict[str, str]
@@ -70,8 +71,21 @@ class FormatTemplate:
         """This template bound to a tokenizer's BOS/EOS strings."""
         return replace(self, bos=bos or "", eos=eos or "")
 
+    @cached_property
+    def _pieces(self) -> dict[str, tuple[str, ...]]:
+        """Each format with ``{bos}``/``{eos}`` filled in once, split around ``{content}``.
+
+        ``content.join(pieces)`` is ``filled.replace("{content}", content)``, without rescanning
+        the format for every message.
+        """
+        formats = (self.user, self.assistant, self.system, self.observation, self.function, self.prefix)
+        return {
+            fmt: tuple(fmt.replace("{bos}", self.bos).replace("{eos}", self.eos).split("{content}"))
+            for fmt in formats
+        }
+
     def _fill(self, fmt: str, content: str = "") -> str:
-        return fmt.replace("{bos}", self.bos).replace("{eos}", self.eos).replace("{content}", content)
+        return content.join(self._pieces[fmt])
 
     def render_pairs(self, messages: list[Message], system: str, tools: str) -> list[tuple[str, str]]:
         system = system or self.default_system
