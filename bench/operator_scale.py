@@ -137,6 +137,12 @@ def operator_memory(pid: int) -> dict[str, float]:
     }
 
 
+def operator_cpu_s(pid: int) -> float:
+    """CPU-seconds (user + system) the operator process has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 def apply_jobs(
     h: Harness, jobs: JobWatch, output: dict[str, str], first: int, count: int, timeout_s: float
 ) -> list[float]:
@@ -188,15 +194,18 @@ def measure(cluster: Cluster, s3: S3Server, n: int, grow_to: int | None, log: Pa
         h = Harness(cluster, ns)
         output = {"endpoint": s3.endpoint_url, "credentialsSecret": h.s3_secret(s3)}
         h.ready_dataset()
+        memory_idle = operator_memory(proc.pid)  # one Ready Dataset, no FineTuneJob yet
         jobs = JobWatch(cluster.api_client, ns)
-        calls_before = api_calls(metrics_port)
+        calls_before, cpu_before = api_calls(metrics_port), operator_cpu_s(proc.pid)
         started = time.monotonic()
         latencies = apply_jobs(h, jobs, output, 0, n, timeout_s=max(120, n))
         burst_s = time.monotonic() - started
-        by_label = api_calls_by_label(metrics_port)
+        by_label, cpu_burst = api_calls_by_label(metrics_port), operator_cpu_s(proc.pid) - cpu_before
         calls, memory = sum(by_label.values()) - calls_before, operator_memory(proc.pid)
         settle(25)
-        calls_settled, memory_settled = api_calls(metrics_port) - calls_before, operator_memory(proc.pid)
+        by_label_settled = api_calls_by_label(metrics_port)
+        calls_settled = sum(by_label_settled.values()) - calls_before
+        cpu_settled, memory_settled = operator_cpu_s(proc.pid) - cpu_before, operator_memory(proc.pid)
         result: dict[str, Any] = {
             "jobs": n,
             "apply_to_job_s": latency_summary(latencies),
@@ -204,14 +213,23 @@ def measure(cluster: Cluster, s3: S3Server, n: int, grow_to: int | None, log: Pa
             "api_calls_per_job": round(calls / n, 2),
             "api_calls_per_job_after_settle": round(calls_settled / n, 2),
             "api_calls_by_label_at_n": by_label,
+            "api_calls_by_label_after_settle": by_label_settled,
+            "operator_cpu_s_per_job": round(cpu_burst / n, 4),
+            "operator_cpu_s_per_job_after_settle": round(cpu_settled / n, 4),
+            "operator_memory_idle": memory_idle,
             "operator_memory": memory,
             "operator_memory_after_settle": memory_settled,
         }
         if grow_to:
+            cpu_before_growth = operator_cpu_s(proc.pid)
             apply_jobs(h, jobs, output, n, grow_to - n, timeout_s=max(600, grow_to))
             settle(25)
             result["grown_to"] = grow_to
             result["operator_memory_at_grown"] = operator_memory(proc.pid)
+            result["operator_cpu_s_per_job_growth"] = round(
+                (operator_cpu_s(proc.pid) - cpu_before_growth) / (grow_to - n), 4
+            )
+            result["api_calls_by_label_at_grown"] = api_calls_by_label(metrics_port)
         jobs.stop()
         return result
     finally:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import kopf
 
-from finetune_api.dataset import DatasetStatus
+from finetune_api.common import OutputSpec
 from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Phase, dataset_paths
 from finetune_api.resources import Dataset, FineTuneJob
 
@@ -29,7 +30,8 @@ from ..progress import read_progress
 from ..status import reasons as r
 from ..status.conditions import Verdict
 from ..status.finetunejob import TERMINAL, build_job_status, cluster_spec_errors, dataset_gate, job_verdict
-from ..status.observe import JobObservation, observe_job, parse_time
+from ..status.observe import JobObservation, has_pods, observe_job, parse_time
+from .indexes import JobEntry, compact_job, indexed_dataset, indexed_job, lookup
 from .runtime import RUNTIME, now, parse, parse_status, run_guarded, write_status
 
 FTJ: Final = ("finetune.dev", "v1alpha1", "finetunejobs")
@@ -38,13 +40,12 @@ GPU_MEMORY_LABEL: Final = "finetune.dev/gpu-memory-gib"
 OWNED_JOBS: Final = {MANAGED_BY: MANAGER, OWNER_KIND: "finetunejob"}
 
 
-def _datasets(kube: Kube, job: FineTuneJob) -> dict[str, Dataset]:
+def _datasets(job: FineTuneJob) -> dict[str, Dataset]:
+    """The referenced Datasets as the index holds them (no API reads); absent ones are left out."""
     found = {}
     for _, name in dataset_paths(job.spec):  # training and evaluation data alike
-        raw = kube.read_custom("datasets", job.metadata.namespace or "default", name)
-        if raw is not None:
-            ds = parse(Dataset, raw)
-            ds.status = parse_status(DatasetStatus, raw)
+        ds = indexed_dataset(job.metadata.namespace or "default", name)
+        if ds is not None:
             found[name] = ds
     return found
 
@@ -66,15 +67,16 @@ def gpu_capacity(kube: Kube, spec: FineTuneJobSpec) -> tuple[float | None, str]:
     return None, ""
 
 
-def _expire(kube: Kube, job: FineTuneJob, status: FineTuneJobStatus) -> None:
-    """ttlSecondsAfterFinished: delete the children, keep the FineTuneJob and its status."""
+def _expire(kube: Kube, job: FineTuneJob, status: FineTuneJobStatus) -> bool:
+    """ttlSecondsAfterFinished: delete the children, keep the FineTuneJob and its status. True when done."""
     ttl, done = job.spec.ttl_seconds_after_finished, parse_time(status.completion_time)
     if ttl is None or done is None or datetime.now(UTC) < done + timedelta(seconds=ttl):
-        return
+        return False
     ns, name = job.metadata.namespace or "default", job.metadata.name
     kube.delete("Job", ns, trainer_job_name(name))
     kube.delete("Service", ns, trainer_job_name(name))
     kube.delete("ConfigMap", ns, config_map_name(name))
+    return True
 
 
 def _refuse(body: Mapping[str, Any], job: FineTuneJob, old: FineTuneJobStatus | None, verdict: Verdict,
@@ -95,7 +97,7 @@ def _gate(
     errors = cluster_spec_errors(job.spec)
     if errors:
         _refuse(body, job, old, Verdict(Phase.FAILED, r.INVALID_SPEC, "; ".join(errors)))
-    waiting = dataset_gate(job.spec, _datasets(kube, job))
+    waiting = dataset_gate(job.spec, _datasets(job))
     if waiting:
         _refuse(body, job, old, waiting)
         raise kopf.TemporaryError(waiting.message, delay=RUNTIME.settings.resync_seconds)
@@ -116,12 +118,18 @@ def _gate(
     return result.estimate_gib
 
 
-def _converge(kube: Kube, body: Mapping[str, Any], job: FineTuneJob) -> JobObservation:
-    """Create what is missing (adopting what exists), propagate suspend, observe the Job and its pods."""
+def _converge(
+    kube: Kube, body: Mapping[str, Any], job: FineTuneJob, trainer: dict[str, Any] | None
+) -> JobObservation:
+    """Create what is missing (adopting what exists), propagate suspend, observe the Job and its pods.
+
+    ``trainer`` is the Job as just seen in a Job event; otherwise the jobs index says whether it exists
+    (one seen late makes the create answer 409 and adopt it: names are deterministic).
+    """
     ns, owner = job.metadata.namespace or "default", owner_of(job, body["metadata"]["uid"])
-    trainer = kube.read_job(ns, trainer_job_name(job.metadata.name))
+    trainer = trainer or indexed_job(ns, trainer_job_name(job.metadata.name))
     if trainer is None:
-        datasets = list(_datasets(kube, job).values())
+        datasets = list(_datasets(job).values())
         kube.create_or_adopt(build_config_map(job, datasets, owner))
         if job.spec.resources.nodes > 1:
             kube.create_or_adopt(build_headless_service(job, owner))
@@ -131,36 +139,44 @@ def _converge(kube: Kube, body: Mapping[str, Any], job: FineTuneJob) -> JobObser
     if job.spec.suspend != suspended and (job.spec.suspend or not job.spec.queue_name):
         kube.set_job_suspend(ns, trainer["metadata"]["name"], job.spec.suspend)
         trainer["spec"]["suspend"] = job.spec.suspend
-    pods = kube.list_pods(
-        ns, {**owner.labels(TRAINER), "batch.kubernetes.io/job-name": trainer["metadata"]["name"]}
-    )
+    selector = {**owner.labels(TRAINER), "batch.kubernetes.io/job-name": trainer["metadata"]["name"]}
+    pods = kube.list_pods(ns, selector) if has_pods(trainer) else []
     return observe_job(trainer, pods)
 
 
-def _progress(kube: Kube, job: FineTuneJob, uid: str) -> dict[str, Any] | None:
-    output = job.spec.output
-    if output is None or not RUNTIME.progress_due(uid):
+def read_job_progress(kube: Kube, namespace: str, output: OutputSpec | None) -> dict[str, Any] | None:
+    """The trainer's progress record under ``output`` (its credentials Secret read here), or None."""
+    if output is None:
         return None
-    secret = (
-        kube.secret_data(job.metadata.namespace or "default", output.credentials_secret)
-        if output.credentials_secret
-        else None
-    )
+    secret = kube.secret_data(namespace, output.credentials_secret) if output.credentials_secret else None
     return read_progress(output, secret)
 
 
-def reconcile_finetunejob(body: Mapping[str, Any]) -> Verdict:
-    """Observe, compute the desired state, converge, write the status. Raises kopf.PermanentError for a spec that cannot run."""
+def record_key(record: Mapping[str, Any] | None) -> str:
+    """A progress record's identity, to tell whether the status already reflects it."""
+    return json.dumps(record, sort_keys=True, default=str)
+
+
+def reconcile_finetunejob(
+    body: Mapping[str, Any],
+    *,
+    trainer: dict[str, Any] | None = None,
+    record: Mapping[str, Any] | None = None,
+) -> Verdict:
+    """Observe, compute the desired state, converge, write the status. Raises kopf.PermanentError for a
+    spec that cannot run. ``trainer``: the Job from a Job event; ``record``: a progress record just read."""
     kube = RUNTIME.api()
     job, old = parse(FineTuneJob, body), parse_status(FineTuneJobStatus, body)
-    uid = body["metadata"]["uid"]
+    uid, ns = body["metadata"]["uid"], job.metadata.namespace or "default"
     if old and old.phase in TERMINAL:
-        _expire(kube, job, old)
+        if uid not in RUNTIME.expired and _expire(kube, job, old):
+            RUNTIME.expired.add(uid)
         return Verdict(old.phase, "", "")
     estimate = _gate(kube, body, job, old)
-    obs = _converge(kube, body, job)
+    obs = _converge(kube, body, job, trainer)
     verdict = job_verdict(job.spec, obs)
-    record = _progress(kube, job, uid) if verdict.phase == Phase.RUNNING else None
+    if verdict.phase == Phase.RUNNING and record is None and RUNTIME.progress_due(uid):
+        record = read_job_progress(kube, ns, job.spec.output)
     status = build_job_status(
         job.spec,
         old,
@@ -168,15 +184,17 @@ def reconcile_finetunejob(body: Mapping[str, Any]) -> Verdict:
         generation=job.metadata.generation,
         now=now(),
         obs=obs,
-        record=record,
+        record=record if verdict.phase == Phase.RUNNING else None,
         estimate_gib=estimate,
     )
     write_status(PLURAL, body, old, status, verdict)
+    if verdict.phase == Phase.RUNNING and record is not None:
+        RUNTIME.applied_records[uid] = record_key(record)
     return verdict
 
 
-def _run(body: Mapping[str, Any], permanent: bool) -> None:
-    run_guarded("FineTuneJob", body, reconcile_finetunejob, permanent=permanent)
+def _run(body: Mapping[str, Any], permanent: bool, trainer: dict[str, Any] | None = None) -> None:
+    run_guarded("FineTuneJob", body, lambda b: reconcile_finetunejob(b, trainer=trainer), permanent=permanent)
 
 
 @kopf.on.resume(*FTJ)
@@ -187,28 +205,41 @@ def finetunejob_changed(body: kopf.Body, **_: Any) -> None:
     _run(body, permanent=True)
 
 
-@kopf.timer(*FTJ, interval=RUNTIME.settings.resync_seconds, initial_delay=RUNTIME.settings.resync_seconds)
-def finetunejob_resync(body: kopf.Body, **_: Any) -> None:
-    """Level-based resync: Job state, pods, progress (fresh within 30 s), TTL expiry."""
-    _run(body, permanent=False)
+def resync_finetunejob(namespace: str, name: str, record: Mapping[str, Any] | None = None) -> None:
+    """The shared resync's entry: read the FineTuneJob and reconcile it (``record``: progress just read)."""
+    body = RUNTIME.api().read_custom(PLURAL, namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    run_guarded("FineTuneJob", body, lambda b: reconcile_finetunejob(b, record=record), permanent=False)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED_JOBS)
 def trainer_job_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
-    """A training Job changed: reconcile its FineTuneJob now rather than at the next resync."""
+    """A training Job changed: derive its FineTuneJob's status from this Job now (no re-read of the Job)."""
     owner = next(
         (o for o in body["metadata"].get("ownerReferences") or [] if o.get("kind") == "FineTuneJob"), None
     )
     if owner is None or event.get("type") == "DELETED":
         return
-    parent = RUNTIME.api().read_custom(PLURAL, body["metadata"]["namespace"], owner["name"])
+    ns = body["metadata"]["namespace"]
+    entry = lookup(RUNTIME.indexes.get("finetunejob_index"), (ns, owner["name"]))
+    if entry is not None and (entry.uid != owner["uid"] or _settled(entry)):
+        return  # another object of that name, or a finished job with nothing left to do
+    parent = RUNTIME.api().read_custom(PLURAL, ns, owner["name"])
     if (
         parent is None
         or parent["metadata"]["uid"] != owner["uid"]
         or parent["metadata"].get("deletionTimestamp")
     ):
         return
-    _run(parent, permanent=False)
+    _run(parent, permanent=False, trainer=compact_job(body))
+
+
+def _settled(entry: JobEntry) -> bool:
+    """A finished FineTuneJob whose children need no TTL deletion from this process."""
+    if entry.phase not in TERMINAL:
+        return False
+    return entry.expires_at is None or entry.uid in RUNTIME.expired
 
 
 @kopf.on.delete(*FTJ, optional=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -35,6 +36,14 @@ class Runtime:
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     progress_read_at: dict[str, float] = field(default_factory=dict)
+    indexes: dict[str, Any] = field(default_factory=dict)
+    """kopf's in-memory indexes by handler name (see indexes.py), handed over at startup."""
+    applied_records: dict[str, str] = field(default_factory=dict)
+    """The last progress record (as read) that made it into each FineTuneJob's status."""
+    expired: set[str] = field(default_factory=set)
+    """FineTuneJobs whose children were deleted after ttlSecondsAfterFinished by this process."""
+    kopf_context: contextvars.Context | None = None
+    """A copy of the context kopf processes objects in (its event queue lives there), for the resync."""
 
     def api(self) -> Kube:
         if self.kube is None:
@@ -54,6 +63,8 @@ class Runtime:
         with self._guard:
             self._locks.pop(uid, None)
         self.progress_read_at.pop(uid, None)
+        self.applied_records.pop(uid, None)
+        self.expired.discard(uid)
 
     def progress_due(self, uid: str) -> bool:
         """Whether the progress record is due for a read (at most once per resync interval)."""

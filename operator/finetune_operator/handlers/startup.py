@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any
@@ -10,31 +11,44 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
+from ..builders.common import MANAGED_BY, MANAGER
 from ..kube import Kube
+from . import resync
+from .indexes import INDEXES
 from .runtime import RUNTIME
 
 PREFIX = "finetune.dev"
+WORKERS = 16
+_tasks: set[asyncio.Task[Any]] = set()  # a reference keeps the resync task from being collected
 
 
-def _api_client() -> client.ApiClient:
+def _api_client(threads: int) -> client.ApiClient:
+    cfg = client.Configuration()
     # In a pod: the ServiceAccount; elsewhere (tests, a laptop): $KUBECONFIG or ~/.kube/config.
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-        return client.ApiClient()
-    return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+        config.load_incluster_config(client_configuration=cfg)
+    else:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
+    # One kept-alive connection per handler thread: beyond the pool's size (5 per core by default)
+    # every call would open, and pay a TLS handshake for, a connection of its own.
+    cfg.connection_pool_maxsize = threads
+    return client.ApiClient(cfg)
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
-    """Tune kopf for this operator and connect the reconcilers' API client."""
+async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **kwargs: Any) -> None:
+    """Tune kopf for this operator, connect the reconcilers' API client and start the shared resync."""
     ours = RUNTIME.settings
+    # The API server filters Jobs by label: kopf never sees (nor keeps memory of) other Jobs.
+    settings.watching.label_selectors["batch", "jobs"] = f"{MANAGED_BY}={MANAGER}"
     # Handler progress and the last-handled spec live in our own annotations, never in status:
     # the status is the user's view (and a GitOps tool sees no kopf fields there).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration"
     )
-    # Timers need a finalizer to stop cleanly on deletion; it carries our name, not kopf's.
+    # No handler needs a finalizer (no timers or daemons, the delete handler is optional); one left
+    # by an older version carries our name, not kopf's.
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     # Events for transitions are posted explicitly; kopf's own per-handler chatter stays in the log.
     settings.posting.level = logging.WARNING
@@ -50,11 +64,23 @@ def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     # Sync handlers block on the API: enough threads for many objects reconciled at once.
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = WORKERS
     settings.networking.request_timeout = 60
-    RUNTIME.kube = Kube(_api_client())
+    RUNTIME.kube = Kube(_api_client(WORKERS))
+    # kopf fills the indexes before any other handler runs; the reconcilers and the resync read them.
+    RUNTIME.indexes = {name: kwargs[name] for name in INDEXES}
+    _tasks.add(resync.start(ours.resync_seconds, settings.execution.executor))
     if ours.metrics_port:
         start_http_server(ours.metrics_port)
     logger.info(
         "finetune-operator started: image %s, namespaces %s", ours.trainer_image, ours.namespaces or "all"
     )
+
+
+@kopf.on.cleanup()
+async def stop_resync(**_: Any) -> None:
+    """Stop the shared resync before kopf closes its loop."""
+    for task in _tasks:
+        task.cancel()
+    await asyncio.gather(*_tasks, return_exceptions=True)
+    _tasks.clear()

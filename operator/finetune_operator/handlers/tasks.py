@@ -13,11 +13,12 @@ from finetune_api.finetunejob import FineTuneJobStatus
 from finetune_api.resources import Dataset, Export, FineTuneJob
 
 from .. import metrics
-from ..builders.common import MANAGED_BY, MANAGER, Owner
+from ..builders.common import MANAGED_BY, MANAGER, OWNER_KIND, Owner
 from ..builders.tasks import EXPORTER, VALIDATOR, build_export, build_validation
 from ..kube import Kube
-from ..status.observe import JobObservation, observe_job
+from ..status.observe import JobObservation, has_pods, observe_job
 from ..status.tasks import dataset_status, export_gate, export_status, export_verdict
+from .indexes import indexed_dataset, indexed_job
 from .runtime import RUNTIME, now, parse, parse_status, run_guarded, write_status
 
 DATASETS: Final = ("finetune.dev", "v1alpha1", "datasets")
@@ -34,11 +35,12 @@ def _run_job(
 ) -> JobObservation:
     """Create the ConfigMap and Job when absent (adopting on a name clash), then observe them."""
     name = job["metadata"]["name"]
-    current = kube.read_job(owner.namespace, name)
+    current = indexed_job(owner.namespace, name)
     if current is None:
         kube.create_or_adopt(config_map)
         current, _ = kube.create_or_adopt(job)
-    pods = kube.list_pods(owner.namespace, {**owner.labels(component), "batch.kubernetes.io/job-name": name})
+    selector = {**owner.labels(component), "batch.kubernetes.io/job-name": name}
+    pods = kube.list_pods(owner.namespace, selector) if has_pods(current) else []
     return observe_job(current, pods)
 
 
@@ -90,12 +92,11 @@ def reconcile_export(body: Mapping[str, Any]) -> None:
     calibration = None
     quantization = export.spec.quantization
     if quantization is not None and quantization.calibration_dataset:
-        raw = kube.read_custom("datasets", body["metadata"]["namespace"], quantization.calibration_dataset)
-        if raw is None:
+        calibration = indexed_dataset(body["metadata"]["namespace"], quantization.calibration_dataset)
+        if calibration is None:
             raise kopf.TemporaryError(
                 f"calibration Dataset {quantization.calibration_dataset!r} not found", delay=30
             )
-        calibration = parse(Dataset, raw)
     config_map, job = build_export(export, source, owner, RUNTIME.settings, calibration)
     obs = _run_job(kube, owner, EXPORTER, config_map, job)
     verdict = export_verdict(obs)
@@ -121,14 +122,6 @@ def dataset_changed(body: kopf.Body, **_: Any) -> None:
     _run("Dataset", body, permanent=True)
 
 
-@kopf.timer(
-    *DATASETS, interval=RUNTIME.settings.resync_seconds, initial_delay=RUNTIME.settings.resync_seconds
-)
-def dataset_resync(body: kopf.Body, **_: Any) -> None:
-    """Follow the validation Job until the Dataset is Ready or Invalid."""
-    _run("Dataset", body, permanent=False)
-
-
 @kopf.on.resume(*EXPORTS)
 @kopf.on.create(*EXPORTS)
 def export_changed(body: kopf.Body, **_: Any) -> None:
@@ -136,15 +129,20 @@ def export_changed(body: kopf.Body, **_: Any) -> None:
     _run("Export", body, permanent=True)
 
 
-@kopf.timer(*EXPORTS, interval=RUNTIME.settings.resync_seconds, initial_delay=RUNTIME.settings.resync_seconds)
-def export_resync(body: kopf.Body, **_: Any) -> None:
-    """Follow the FineTuneJob, then the export Job."""
-    _run("Export", body, permanent=False)
+def resync_task(kind: str, namespace: str, name: str) -> None:
+    """The shared resync's entry for a Dataset or an Export: read it and reconcile it."""
+    plural = "datasets" if kind == "Dataset" else "exports"
+    body = RUNTIME.api().read_custom(plural, namespace, name)
+    if body is not None and not body["metadata"].get("deletionTimestamp"):
+        _run(kind, body, permanent=False)
 
 
-@kopf.on.event(
-    "batch", "v1", "jobs", labels={MANAGED_BY: MANAGER, "app.kubernetes.io/component": kopf.PRESENT}
-)
+def _task_owned(value: str | None, **_: Any) -> bool:
+    return value in ("dataset", "export")
+
+
+# Only validation and export Jobs: a training Job's events never reach this handler (nor a thread).
+@kopf.on.event("batch", "v1", "jobs", labels={MANAGED_BY: MANAGER, OWNER_KIND: _task_owned})
 def task_job_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
     """A validation or export Job changed: reconcile its owner now rather than at the next resync."""
     owner = next(

@@ -94,6 +94,13 @@ def _image_pull(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def has_pods(job: Mapping[str, Any]) -> bool:
+    """Whether a Job's status counts any pod; one that counts none (just created, suspended) needs no pod list."""
+    status = job.get("status") or {}
+    counts = ("active", "ready", "failed", "succeeded", "terminating", "uncountedTerminatedPods")
+    return any(status.get(k) for k in counts)
+
+
 def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobObservation:
     """Read a Job and its pods into a :class:`JobObservation`."""
     status = job.get("status") or {}

@@ -1,0 +1,110 @@
+"""One shared periodic resync instead of a timer per object.
+
+Job events drive the status (tasks.py, finetunejob.py); what no event announces is looked at here,
+every ``resync_seconds``: progress records of running FineTuneJobs, pods of pending ones (an image
+that cannot be pulled changes no Job), TTL expiry, a child Job that disappeared, and Datasets and
+Exports still in flight. The indexes say which objects need it, so an idle object costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from functools import partial
+from typing import Any
+
+from finetune_api.common import OutputSpec
+from finetune_api.dataset import DatasetPhase
+from finetune_api.export import ExportPhase
+from finetune_api.finetunejob import Phase
+
+from ..builders.tasks import validation_name
+from ..builders.training import trainer_job_name
+from ..status.observe import has_pods
+from .finetunejob import read_job_progress, record_key, resync_finetunejob
+from .indexes import JobEntry, indexed_job
+from .runtime import RUNTIME
+from .tasks import resync_task
+
+log = logging.getLogger(__name__)
+Work = Callable[[], None]
+# Reconciles run in threads (they block on the API); a few at a time keeps a burst of due objects
+# from starving kopf's own handlers on a small machine.
+CONCURRENCY = 4
+
+
+def _progress_work(namespace: str, name: str, entry: JobEntry) -> Work | None:
+    if entry.output is None or not RUNTIME.progress_due(entry.uid):
+        return None
+    output = OutputSpec.model_validate(entry.output)
+
+    def work() -> None:
+        record = read_job_progress(RUNTIME.api(), namespace, output)
+        if record is not None and record_key(record) != RUNTIME.applied_records.get(entry.uid):
+            resync_finetunejob(namespace, name, record)
+
+    return work
+
+
+def finetunejob_work(namespace: str, name: str, entry: JobEntry, now: float) -> Work | None:
+    """What one FineTuneJob needs from this resync, if anything (pure but for the indexes' reads)."""
+    full: Work = partial(resync_finetunejob, namespace, name)
+    if entry.phase in (Phase.SUCCEEDED, Phase.FAILED):
+        due = entry.expires_at is not None and entry.expires_at <= now and entry.uid not in RUNTIME.expired
+        return full if due else None
+    if entry.phase not in (Phase.PENDING, Phase.RUNNING):
+        return None  # Preparing retries through kopf; Suspended and new objects wait for an event
+    job = indexed_job(namespace, trainer_job_name(name))
+    if job is None or (entry.phase == Phase.PENDING and has_pods(job)):
+        return full  # recreate a deleted Job; look at pods that may not start
+    return _progress_work(namespace, name, entry) if entry.phase == Phase.RUNNING else None
+
+
+def _pending_work(now: float) -> Iterator[Work]:
+    # Snapshots: the indexes change under kopf's event loop, which is also where this runs.
+    for (ns, name), store in list(RUNTIME.indexes.get("finetunejob_index", {}).items()):
+        for entry in list(store):
+            work = finetunejob_work(ns, name, entry, now)
+            if work is not None:
+                yield work
+    for (ns, name), store in list(RUNTIME.indexes.get("dataset_index", {}).items()):
+        for ds in list(store):
+            done = ds.status is not None and ds.status.phase in (DatasetPhase.READY, DatasetPhase.INVALID)
+            if not (done and ds.status.observed_generation == ds.metadata.generation):
+                job = indexed_job(ns, validation_name(ds))
+                if job is None or has_pods(job):
+                    yield partial(resync_task, "Dataset", ns, name)
+    for (ns, name), store in list(RUNTIME.indexes.get("export_index", {}).items()):
+        for phase in list(store):
+            if phase not in (ExportPhase.SUCCEEDED, ExportPhase.FAILED, ExportPhase.WAITING):
+                yield partial(resync_task, "Export", ns, name)
+
+
+async def _run_all(works: list[Work], executor: Executor | None) -> None:
+    gate, loop = asyncio.Semaphore(CONCURRENCY), asyncio.get_running_loop()
+
+    async def one(work: Work) -> None:
+        async with gate:
+            try:
+                context = (RUNTIME.kopf_context or contextvars.copy_context()).copy()
+                await loop.run_in_executor(executor, context.run, work)
+            except Exception:  # one object's failure must not end the resync of the others
+                log.exception("resync failed")
+
+    await asyncio.gather(*(one(w) for w in works))
+
+
+async def resync_forever(interval: float, executor: Executor | None) -> None:
+    """Every ``interval`` seconds, resync what needs it; runs until the operator stops (cancelled)."""
+    while True:
+        await asyncio.sleep(interval)
+        await _run_all(list(_pending_work(time.time())), executor)
+
+
+def start(interval: float, executor: Executor | None) -> asyncio.Task[Any]:
+    """Start the resync loop on the running event loop; reconciles run on ``executor`` (kopf's threads)."""
+    return asyncio.get_running_loop().create_task(resync_forever(interval, executor), name="finetune-resync")
