@@ -13,9 +13,8 @@ import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import celpy
 from pydantic import ValidationError
 
 from .crdgen import model_schema
@@ -23,6 +22,9 @@ from .dataset import DatasetFormat, DatasetSpec
 from .finetunejob import FineTuneJobSpec, dataset_paths
 from .method import PAIRWISE_STAGES, Stage
 from .resources import KINDS, Dataset, kind_of
+
+if TYPE_CHECKING:
+    import celpy
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,10 @@ def _fill_defaults(schema: Mapping[str, Any], value: Any) -> None:
 
 @cache
 def _program(rule: str) -> celpy.Runner:
+    # Imported on first use: the operator imports this module for the reference checks only, and the
+    # CEL interpreter (with its parser) would add ~5 MB to its memory.
+    import celpy
+
     env = celpy.Environment()
     return env.program(env.compile(rule))
 
@@ -124,6 +130,8 @@ def cel_errors(schema: Mapping[str, Any], value: Any, path: str, old: Any = None
 
     Transition rules (those using ``oldSelf``) run only when ``old`` is given, as on an update.
     """
+    import celpy
+
     errors: list[FieldError] = []
     for entry in schema.get("x-kubernetes-validations", []):
         uses_old = "oldSelf" in entry["rule"]
