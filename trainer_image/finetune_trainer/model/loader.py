@@ -30,6 +30,7 @@ from finetune_api.finetunejob import Attention, ModelSpec, Precision, Quantizati
 from finetune_api.method import Finetuning
 
 from .knobs import apply_liger_kernel, check_kernel_knobs, upcast_layernorms, upcast_lmhead_output
+from .packed_attention import PACKED_SDPA, register_packed_sdpa, supports_packed_sdpa
 from .shift_attention import register_shift_short_attention
 from .sources import fetch_source
 
@@ -82,15 +83,18 @@ def flash_attn_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def resolve_attention(attention: Attention, *, cuda: bool, dtype: torch.dtype) -> str:
-    """The ``attn_implementation`` for ``model.attention``: auto is flash_attention_2 when usable, else sdpa.
+def resolve_attention(attention: Attention, *, cuda: bool, dtype: torch.dtype, packing: bool = False) -> str:
+    """The ``attn_implementation`` for ``model.attention``: auto is flash_attention_2 when usable, else
+    attention per packed sample (:data:`PACKED_SDPA`) on CPU when training packs rows, else sdpa.
 
     Raises:
         ValueError: flash_attention_2 requested without CUDA, without flash-attn, or in fp32.
     """
     flash_usable = cuda and flash_attn_installed() and dtype in (torch.bfloat16, torch.float16)
     if attention == Attention.AUTO:
-        return "flash_attention_2" if flash_usable else "sdpa"
+        if flash_usable:
+            return "flash_attention_2"
+        return PACKED_SDPA if packing and not cuda else "sdpa"
     if attention == Attention.FLASH_ATTENTION_2 and not flash_usable:
         why = (
             "no CUDA GPU"
@@ -234,10 +238,12 @@ def load_model_and_tokenizer(
     precision: Precision = Precision.AUTO,
     gradient_checkpointing: bool = False,
     head: ModelHead = "causal_lm",
+    packing: bool = False,
 ) -> LoadedModel:
     """Load ``spec``'s model and tokenizer ready for :func:`prepare_model_for_training`.
 
-    ``finetuning`` and ``precision`` come from ``method.finetuning`` and ``training.precision``.
+    ``finetuning``, ``precision`` and ``packing`` come from ``method.finetuning``, ``training.precision``
+    and ``training.packing``.
     The model stays on CPU unless quantized (bitsandbytes places it on the current device);
     the Trainer moves it.
 
@@ -247,7 +253,7 @@ def load_model_and_tokenizer(
     check_model_spec(spec, finetuning=finetuning)
     cuda = cuda_available()
     dtype = resolve_dtype(precision, cuda=cuda)
-    attention = resolve_attention(spec.attention, cuda=cuda, dtype=dtype)
+    attention = resolve_attention(spec.attention, cuda=cuda, dtype=dtype, packing=packing)
     check_kernel_knobs(spec, cuda=cuda)
     if spec.shift_attention:
         attention = register_shift_short_attention()  # SDPA at inference, grouped and shifted in training
@@ -259,6 +265,8 @@ def load_model_and_tokenizer(
     )
     if spec.rope_scaling is not None:
         apply_rope_scaling(config, spec.rope_scaling)
+    if attention == PACKED_SDPA:
+        attention = register_packed_sdpa() if supports_packed_sdpa(config) else "sdpa"
     tokenizer = load_tokenizer(path, spec=spec)
     kwargs: dict[str, Any] = {}
     if spec.quantization is not None:

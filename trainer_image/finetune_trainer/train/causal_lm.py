@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from transformers import Trainer
-
 from ..data import DatasetConfig, job_processing_config, make_collator
 from ..evaluate import prepare_evaluation, run_evaluation
 from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
 from .arguments import build_training_arguments
+from .label_head import CausalLMTrainer
 from .loop import tokenize_datasets, train_and_save
 from .workspace import TrainOutcome, Workspace
 
@@ -41,6 +40,7 @@ def run_causal_lm(
         finetuning=spec.method.finetuning,
         precision=spec.training.precision,
         gradient_checkpointing=spec.training.gradient_checkpointing,
+        packing=processing.packing,
     )
     # The KV cache is for generation; with it on, transformers drops the packed per-sample mask.
     loaded.model.config.use_cache = False
@@ -53,7 +53,7 @@ def run_causal_lm(
     )
     optimizer = build_optimizer(model, spec.method, spec.training)
 
-    trainer = Trainer(
+    trainer = CausalLMTrainer(
         model=model,
         args=args,
         train_dataset=data.train,
@@ -62,6 +62,7 @@ def run_causal_lm(
         processing_class=loaded.tokenizer,
         optimizers=(optimizer, None),
         callbacks=ws.callbacks(),
+        head_on_labels_only=not spec.model.liger_kernel,  # Liger's fused head never builds the logits
     )
     outcome = train_and_save(ws, trainer, loaded.tokenizer, documents, evaluate=data.eval is not None)
     if ws.is_main and evaluation is not None:  # after the adapter is safe in storage
