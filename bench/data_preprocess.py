@@ -1,11 +1,13 @@
 """Data preprocessing: our ``prepare_dataset`` vs LLaMA-Factory's ``get_dataset``, same inputs, one run.
 
 Both sides: the same alpaca-style JSONL (50k rows; --quick: 2k), the same tokenizer folder (our
-tiny model's), the ChatML template, the same cutoff, 2 worker processes, a cold cache, and the
-result saved to disk (our cache; LLaMA-Factory's ``tokenized_path``). Each side runs in its own
-subprocess; its tree's peak memory (PSS, shared pages counted once) is sampled from outside.
+tiny model's), the ChatML template, the same cutoff, a cold cache, and the result saved to disk
+(our cache; LLaMA-Factory's ``tokenized_path``). Each side runs once per worker count in
+``--num-proc`` (default 1 and 2: in-process or two forked map workers) and its fastest run counts,
+so each tool gets its best setting for the machine. Each run is its own subprocess; its tree's peak
+memory (PSS, shared pages counted once) is sampled from outside.
 
-    python -m bench.data_preprocess [--quick]
+    python -m bench.data_preprocess [--quick] [--num-proc 1,2]
 
 Target (DESIGN.md): samples/s ≥ 3× LLaMA-Factory at no more peak memory.
 """
@@ -75,7 +77,17 @@ def run_side(side: str, python: Path, data: Path, model: Path, cutoff: int, num_
     # Per CPU-second (the worker and its map processes): steadier than wall time on a shared machine.
     result["samples_per_cpu_s"] = round(result["samples"] / result["cpu_seconds"], 1)
     result["memory"] = asdict(memory)
+    result["num_proc"] = num_proc
     return result
+
+
+def best_run(
+    side: str, python: Path, data: Path, model: Path, cutoff: int, procs: list[int]
+) -> dict[str, Any]:
+    """The side's fastest run (wall) over the worker counts ``procs``; every run is kept under ``runs``."""
+    runs = [run_side(side, python, data, model, cutoff, n) for n in procs]
+    best = max(runs, key=lambda r: r["samples_per_s"])
+    return {**best, "runs": [{k: v for k, v in r.items() if k != "runs"} for r in runs]}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -83,14 +95,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="2k rows (CI)")
     parser.add_argument("--rows", type=int, help="rows to generate (default 50000; quick 2000)")
     parser.add_argument("--cutoff", type=int, default=1024)
-    parser.add_argument("--num-proc", type=int, default=2)
+    parser.add_argument(
+        "--num-proc",
+        default="1,2",
+        help="worker counts each side is run with, comma-separated; each side's fastest run counts",
+    )
     args = parser.parse_args(argv)
+    procs = [int(n) for n in args.num_proc.split(",")]
 
     rows = args.rows or (2000 if args.quick else 50_000)
     data, model, python = alpaca_file(rows), tiny_model_folder(MODEL_URI), peer_python()
-    sides = {
-        s: run_side(s, python, data, model, args.cutoff, args.num_proc) for s in ("ours", "llamafactory")
-    }
+    sides = {s: best_run(s, python, data, model, args.cutoff, procs) for s in ("ours", "llamafactory")}
     ours, peer = sides["ours"], sides["llamafactory"]
     speedup = ratio(ours["samples_per_s"], peer["samples_per_s"])
     memory_ratio = ratio(ours["memory"]["peak_pss_mib"], peer["memory"]["peak_pss_mib"])
@@ -99,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "inputs": {
             "rows": rows,
             "cutoff": args.cutoff,
-            "num_proc": args.num_proc,
+            "num_proc_tried": procs,
             "template": "chatml",
             "tokenizer": MODEL_URI,
             "data": str(data),
@@ -109,6 +124,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "llamafactory": peer,
         "speedup": speedup,
         "speedup_per_cpu_second": ratio(ours["samples_per_cpu_s"], peer["samples_per_cpu_s"]),
+        # Each side's most CPU-thrifty run (the worker count that wins wall time may not be it).
+        "speedup_per_cpu_second_best_runs": ratio(
+            max(r["samples_per_cpu_s"] for r in ours["runs"]),
+            max(r["samples_per_cpu_s"] for r in peer["runs"]),
+        ),
         "peak_memory_ratio": memory_ratio,
         "target": {"speedup": TARGET_SPEEDUP, "peak_memory_ratio": 1.0},
         "meets_target": speedup >= TARGET_SPEEDUP and memory_ratio <= 1.0,
@@ -117,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"data_preprocess: ours {ours['samples_per_s']:.0f} samples/s, LLaMA-Factory {peer['samples_per_s']:.0f} "
         f"-> {speedup:.2f}x (target {TARGET_SPEEDUP}x; per CPU-second {result['speedup_per_cpu_second']:.2f}x); peak PSS {ours['memory']['peak_pss_mib']:.0f} vs "
-        f"{peer['memory']['peak_pss_mib']:.0f} MiB ({memory_ratio:.2f}x); {path}"
+        f"{peer['memory']['peak_pss_mib']:.0f} MiB ({memory_ratio:.2f}x); num_proc ours {ours['num_proc']}, "
+        f"LLaMA-Factory {peer['num_proc']}; {path}"
     )
     return result
 

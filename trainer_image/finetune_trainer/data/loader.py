@@ -163,9 +163,11 @@ class AlignThenEncode:
     encoder: Encoder
     arrow: bool = True
     """Return an Arrow table (fast to write; ``Dataset.map`` only, streams want dicts)."""
+    threads: bool | None = None
+    """The Rust tokenizer's thread pool (``Encoder.threads``)."""
 
     def __post_init__(self) -> None:
-        self.encoder = replace(self.encoder, arrow=self.arrow)
+        self.encoder = replace(self.encoder, arrow=self.arrow, threads=self.threads)
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> pa.Table | dict[str, list[Any]]:
         aligned = self.align(batch, indices)
@@ -192,14 +194,15 @@ def align_rows(
     check_columns(cfg, shape, ds.column_names)
     fn: Any = make_batch_aligner(cfg, shape)
     features = ALIGNED_FEATURES
+    streaming = isinstance(ds, IterableDataset)
+    procs = 1 if streaming else resolve_num_proc(num_proc, len(ds))
     if encoder is not None and encoded_features is not None:
-        fn, features = (
-            AlignThenEncode(fn, encoder, arrow=not isinstance(ds, IterableDataset)),
-            encoded_features,
-        )
+        # In this process the tokenizer gets every core; forked workers get one each. Streams
+        # keep the caller's setting: they may be read from forked dataloader workers.
+        threads = None if streaming else procs == 1
+        fn, features = AlignThenEncode(fn, encoder, arrow=not streaming, threads=threads), encoded_features
     if isinstance(ds, IterableDataset):
         return _align_stream(ds, cfg, fn, features)
-    procs = resolve_num_proc(num_proc, len(ds))
     aligned = ds.map(
         fn,
         batched=True,

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerFast
 from .config import IGNORE_INDEX, ProcessingConfig, Shape
 from .gather import supervised_columns
 from .template import ChatTemplate, Message
+from .threads import rust_threads
 
 Pair = tuple[list[int], list[int]]
 OUTPUT_COLUMNS: dict[Shape, tuple[str, ...]] = {
@@ -69,14 +70,23 @@ def ids_to_arrow(out: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def batch_encode(tokenizer: Any, texts: list[str], *, add_special_tokens: bool = False) -> list[list[int]]:
-    """Token ids of ``texts`` in one batched call (the Rust tokenizer directly when there is one)."""
+def batch_encode(
+    tokenizer: Any, texts: list[str], *, add_special_tokens: bool = False, threads: bool | None = None
+) -> list[list[int]]:
+    """Token ids of ``texts`` in one batched call (the Rust tokenizer directly when there is one).
+
+    ``threads``: run the Rust tokenizer on all cores (True) or on this thread only (False) for this
+    call (see ``threads.py``); None leaves ``TOKENIZERS_PARALLELISM`` as it is.
+    """
     if not texts:
         return []
     if isinstance(tokenizer, PreTrainedTokenizerFast):
-        encodings = tokenizer.backend_tokenizer.encode_batch_fast(
-            texts, add_special_tokens=add_special_tokens
-        )
+        backend = tokenizer.backend_tokenizer
+        if threads is None:
+            encodings = backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+        else:
+            with rust_threads(threads):
+                encodings = backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
         return [e.ids for e in encodings]
     return list(tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"])
 
@@ -143,6 +153,9 @@ class Encoder:
     cfg: ProcessingConfig
     arrow: bool = False
     """Return token-id columns as Arrow ``list<int32>`` arrays (``Dataset.map``), else Python lists."""
+    threads: bool | None = None
+    """The Rust tokenizer's thread pool: on when the map runs in this process, off in forked map
+    workers (each has its core already); None leaves ``TOKENIZERS_PARALLELISM`` as it is."""
     eos_id: int | None = field(init=False)
     """Read once: every attribute read on a transformers tokenizer goes through its ``__getattr__``."""
 
@@ -166,14 +179,14 @@ class Encoder:
         if shape is Shape.SUPERVISED:
             turns = np.fromiter(map(len, rendered), dtype=np.int64, count=len(rendered))
             input_ids, labels = supervised_columns(
-                batch_encode(self.tokenizer, flat),
+                batch_encode(self.tokenizer, flat, threads=self.threads),
                 turns,
                 self.cfg,
                 eos_id=self.eos_id,
                 efficient_eos=self.template.efficient_eos,
             )
             return {"input_ids": input_ids, "labels": labels}
-        ids = iter(batch_encode(self.tokenizer, flat))
+        ids = iter(batch_encode(self.tokenizer, flat, threads=self.threads))
         encoded = [[(next(ids), next(ids)) for _ in example] for example in rendered]
         if shape is Shape.PAIRWISE:
             return self._pairwise(encoded)
@@ -202,7 +215,7 @@ class Encoder:
     def _text(self, batch: dict[str, list[Any]], good: list[bool]) -> dict[str, list[Any]]:
         eos = self.tokenizer.eos_token or ""
         texts = [p[0]["content"] + eos if ok else "" for p, ok in zip(batch["_prompt"], good, strict=True)]
-        ids = batch_encode(self.tokenizer, texts, add_special_tokens=True)
+        ids = batch_encode(self.tokenizer, texts, add_special_tokens=True, threads=self.threads)
         return {"input_ids": [x if ok else [] for x, ok in zip(ids, good, strict=True)]}
 
     def _build(self, pairs: Sequence[Pair]) -> tuple[list[int], list[int]]:
