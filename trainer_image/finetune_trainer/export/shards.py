@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from huggingface_hub import split_torch_state_dict_into_shards
+from huggingface_hub import StateDictSplit, split_torch_state_dict_into_shards
 from safetensors.torch import save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.core_model_loading import revert_weight_conversion
@@ -67,16 +67,20 @@ def write_weight_shards(
         if on_file is not None:
             on_file(path)
     if split.is_sharded:
-        index = {
-            "metadata": {"total_parameters": model.num_parameters(), **split.metadata},
-            "weight_map": split.tensor_to_filename,
-        }
-        path = folder / index_name
-        path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        written.append(path)
+        written.append(write_shard_index(model, split, folder / index_name))
         if on_file is not None:
-            on_file(path)
+            on_file(written[-1])
     return written
+
+
+def write_shard_index(model: PreTrainedModel, split: StateDictSplit, path: Path) -> Path:
+    """The index of a sharded checkpoint (tensor → file), as ``save_pretrained`` writes it."""
+    index = {
+        "metadata": {"total_parameters": model.num_parameters(), **split.metadata},
+        "weight_map": split.tensor_to_filename,
+    }
+    path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def write_model_metadata(

@@ -22,7 +22,7 @@ from safetensors import safe_open
 from transformers import PretrainedConfig, PreTrainedModel
 
 from .adapter import LoraAdapter
-from .shards import WEIGHT_FILES, FileHook, savable_state_dict
+from .shards import WEIGHT_FILES, FileHook, savable_state_dict, write_shard_index
 from .weights import parameter_dtype
 
 log = logging.getLogger(__name__)
@@ -169,13 +169,7 @@ def write_streamed_shards(
         written.append(path)
         hook(path)
     if split.is_sharded:
-        index = {
-            "metadata": {"total_parameters": model.num_parameters(), **split.metadata},
-            "weight_map": split.tensor_to_filename,
-        }
-        path = folder / index_name
-        path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        written.append(path)
-        hook(path)
+        written.append(write_shard_index(model, split, folder / index_name))
+        hook(written[-1])
     log.info("streamed %d tensors into %d files", len(state), len(written))
     return written
