@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Callable
 
 import torch
+from transformers import LlamaConfig
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
 
@@ -92,3 +93,18 @@ def assert_only_trainable_parameters_change(
 def trainable_names(model: torch.nn.Module) -> set[str]:
     """Names of the parameters with ``requires_grad``."""
     return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def tiny_llama_config(**overrides: int) -> LlamaConfig:
+    """A 2-layer Llama with grouped-query attention (4 heads, 2 KV heads), pad id 0: the packing tests' model."""
+    shape = {
+        "vocab_size": 128,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "pad_token_id": 0,
+    }
+    return LlamaConfig(**{**shape, **overrides})

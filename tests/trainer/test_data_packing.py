@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from finetune_api.method import Stage
 from finetune_trainer.data import (
@@ -23,20 +23,13 @@ from finetune_trainer.data import (
 from finetune_trainer.data.collator import PaddingCollator, PairwiseCollator, block_causal_mask
 from finetune_trainer.data.packing import pack_lengths, pack_rows
 
+from .helpers import tiny_llama_config
+
 PAD = 0
 
 
 def tiny_llama(attention: str) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        pad_token_id=PAD,
-    )
+    config = tiny_llama_config(pad_token_id=PAD)
     torch.manual_seed(0)
     return LlamaForCausalLM._from_config(config, attn_implementation=attention, dtype=torch.float32).eval()
 

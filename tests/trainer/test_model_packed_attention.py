@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config
+from transformers import LlamaForCausalLM, Qwen2Config
 
 from finetune_api.finetunejob import Attention, ModelSpec
 from finetune_trainer.data import PackedCollator
@@ -22,19 +22,12 @@ from finetune_trainer.model.packed_attention import (
     supports_packed_sdpa,
 )
 
+from .helpers import tiny_llama_config
+
 PAD = 0
 # fp32 throughout: the per-sample and masked kernels sum in different orders; 1e-5 is ~100 ulps at these magnitudes.
 TOL = {"atol": 1e-5, "rtol": 1e-5}
-CONFIG = LlamaConfig(
-    vocab_size=128,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,  # grouped-query attention, as in the benchmark's model
-    max_position_embeddings=256,
-    pad_token_id=PAD,
-)
+CONFIG = tiny_llama_config(pad_token_id=PAD)  # grouped-query attention, as in the benchmark's model
 
 
 def twin_models() -> tuple[LlamaForCausalLM, LlamaForCausalLM]:

@@ -8,23 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+from transformers import LlamaForCausalLM, TrainingArguments
 
 from finetune_trainer.data import IGNORE_INDEX
 from finetune_trainer.train.label_head import CausalLMTrainer, keeps_logits_by_mask, labelled_positions
 
+from .helpers import tiny_llama_config
+
 # fp32: the kept rows are the same numbers; only the loss sum's order differs.
 TOL = {"atol": 1e-6, "rtol": 1e-5}
-CONFIG = LlamaConfig(
-    vocab_size=96,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-    pad_token_id=0,
-)
+CONFIG = tiny_llama_config(vocab_size=96, hidden_size=32, intermediate_size=64, max_position_embeddings=64)
 
 
 def lora_model() -> torch.nn.Module:
