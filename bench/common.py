@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = Path(os.environ.get("BENCH_RESULTS_DIR", REPO / "bench" / "results"))
 CACHE = Path(os.environ.get("FT_CACHE", Path.home() / ".cache" / "finetune-operator"))
 PEER_ENV_SCRIPT = REPO / "hack" / "bench-peer-env.sh"
+OPERATOR_ENV_SCRIPT = REPO / "hack" / "operator-env.sh"
 # Bump when the generator below changes: it is part of the cached file's name.
 DATA_VERSION = 1
 
@@ -66,7 +67,16 @@ def machine() -> dict[str, Any]:
 
 def peer_python() -> Path:
     """The LLaMA-Factory venv's python, creating the venv first if needed (idempotent, cached)."""
-    out = subprocess.run(["bash", str(PEER_ENV_SCRIPT)], check=True, capture_output=True, text=True)
+    return _venv_python(PEER_ENV_SCRIPT)
+
+
+def operator_python() -> Path:
+    """The python of a venv holding what the operator image holds (``.[operator]``), made if needed."""
+    return _venv_python(OPERATOR_ENV_SCRIPT)
+
+
+def _venv_python(script: Path) -> Path:
+    out = subprocess.run(["bash", str(script)], check=True, capture_output=True, text=True)
     return Path(out.stdout.strip().splitlines()[-1]) / "bin" / "python"
 
 

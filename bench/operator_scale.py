@@ -1,7 +1,8 @@
 """Operator scale: N FineTuneJobs applied to the real test control plane with the operator running.
 
 Starts the e2e fixtures' control plane (etcd, kube-apiserver, controller-manager, scheduler, fake
-kubelet) and ``python -m finetune_operator`` with its default resync, makes one Ready Dataset,
+kubelet) and ``python -m finetune_operator`` with its default resync (in a venv holding what the
+operator image holds, ``hack/operator-env.sh``: no test packages), makes one Ready Dataset,
 then creates N FineTuneJobs one after the other. A watch on Jobs timestamps each trainer Job's
 creation: latency = Job ADDED − just before the FineTuneJob's create call. Also: the operator's
 memory (RSS and PSS) and its own count of API calls (``finetune_operator_api_calls_total``, the
@@ -33,7 +34,7 @@ from typing import Any
 import psutil
 from kubernetes import client, watch
 
-from bench.common import REPO, write_result
+from bench.common import REPO, operator_python, write_result
 from tests.e2e.operator_harness import TRAINER_IMAGE, Harness, _free_port
 from tests.fixtures.cluster import Cluster, start_cluster, stop_cluster, wait_until
 from tests.fixtures.s3 import S3Server, SeaweedS3
@@ -88,7 +89,7 @@ def start_operator(kubeconfig: Path, log: Path) -> tuple[subprocess.Popen[bytes]
     }  # fmt: skip
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "finetune_operator"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            [str(operator_python()), "-m", "finetune_operator"], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
 

@@ -14,6 +14,9 @@ PY
 )
 venv="$cache/venv-$key"
 mkdir -p "$cache"
+# One build at a time (parallel runs would remove each other's half-built venv): wait for the lock.
+exec 9>"$cache/.setup-env.lock"
+flock 9
 if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   python3 -m venv "$venv"
@@ -26,9 +29,9 @@ fi
 ln -sfn "$venv" .venv
 touch "$venv/.last-used"
 # One venv per dependency set accumulates (several GB each): drop the ones no run has used for
-# FT_VENV_KEEP_DAYS days (the Dockerfile install test's venvs too). Never the current one.
+# FT_VENV_KEEP_DAYS days (the Dockerfile install test's and the operator benchmark's venvs too). Never the current one.
 keep_days="${FT_VENV_KEEP_DAYS:-3}"
-for old in "$cache"/venv-* "$cache"/docker-operator-venv-*; do
+for old in "$cache"/venv-* "$cache"/docker-operator-venv-* "$cache"/operator-venv-*; do
   [ -d "$old" ] && [ "$old" != "$venv" ] || continue
   marker="$old/.last-used"
   [ -e "$marker" ] || marker="$old"

@@ -11,7 +11,7 @@ import pytest
 
 from finetune_api.method import Stage
 from finetune_trainer.data import ProcessingConfig, get_template
-from finetune_trainer.data.gather import supervised_columns
+from finetune_trainer.data.gather import flat_ids, supervised_columns
 from finetune_trainer.data.processor import Encoder, batch_encode, build_supervised
 
 Pair = tuple[list[int], list[int]]
@@ -75,7 +75,9 @@ def test_batched_builder_matches_the_reference_on_every_setting(
     rows = random_batch(seed=cutoff + int(ratio * 10))
     encoded = [ids for pairs in rows for pair in pairs for ids in pair]
     turns = np.array([len(pairs) for pairs in rows], dtype=np.int64)
-    input_ids, labels = supervised_columns(encoded, turns, cfg, eos_id=eos_id, efficient_eos=efficient_eos)
+    input_ids, labels = supervised_columns(
+        *flat_ids(encoded), turns, cfg, eos_id=eos_id, efficient_eos=efficient_eos
+    )
     want_ids, want_labels = reference(rows, cfg, eos_id, efficient_eos)
     assert input_ids.to_pylist() == want_ids
     assert labels.to_pylist() == want_labels
@@ -83,7 +85,7 @@ def test_batched_builder_matches_the_reference_on_every_setting(
 
 
 def test_batched_builder_on_an_empty_batch() -> None:
-    ids, labels = supervised_columns([], np.zeros(0, dtype=np.int64), ProcessingConfig())
+    ids, labels = supervised_columns(*flat_ids([]), np.zeros(0, dtype=np.int64), ProcessingConfig())
     assert len(ids) == 0 and len(labels) == 0
 
 

@@ -12,13 +12,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kopf
-from kubernetes.client.exceptions import ApiException
 from pydantic import BaseModel, ValidationError
 
 from finetune_api.common import ApiModel
 
 from .. import metrics
-from ..kube import Kube
+from ..kube import ApiError, Kube
 from ..settings import Settings, settings_from_env
 from ..status.conditions import Verdict
 from ..status.observe import rfc3339
@@ -167,6 +166,6 @@ def run_guarded(
         except (kopf.PermanentError, kopf.TemporaryError):
             if permanent:
                 raise
-        except ApiException as exc:
+        except ApiError as exc:
             if exc.status != 404:  # the object was deleted while we worked: nothing left to do
                 raise

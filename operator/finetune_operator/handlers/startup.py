@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 from prometheus_client import start_http_server
 
+from .. import kube
 from ..builders.common import MANAGED_BY, MANAGER
-from ..kube import Kube
 from . import resync
 from .indexes import INDEXES
 from .runtime import RUNTIME
@@ -22,17 +20,10 @@ WORKERS = 16
 _tasks: set[asyncio.Task[Any]] = set()  # a reference keeps the resync task from being collected
 
 
-def _api_client(threads: int) -> client.ApiClient:
-    cfg = client.Configuration()
-    # In a pod: the ServiceAccount; elsewhere (tests, a laptop): $KUBECONFIG or ~/.kube/config.
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=cfg)
-    else:
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=cfg)
-    # One kept-alive connection per handler thread: beyond the pool's size (5 per core by default)
-    # every call would open, and pay a TLS handshake for, a connection of its own.
-    cfg.connection_pool_maxsize = threads
-    return client.ApiClient(cfg)
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo:
+    """The ServiceAccount in a pod, else the kubeconfig: the same identity for kopf and the reconcilers."""
+    return kube.login(**kwargs)
 
 
 @kopf.on.startup()
@@ -66,7 +57,9 @@ async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **k
     # Sync handlers block on the API: enough threads for many objects reconciled at once.
     settings.execution.max_workers = WORKERS
     settings.networking.request_timeout = 60
-    RUNTIME.kube = Kube(_api_client(WORKERS))
+    RUNTIME.kube = kube.Kube(
+        lambda: kube.login(settings), threads=WORKERS, timeout_s=settings.networking.request_timeout
+    )
     # kopf fills the indexes before any other handler runs; the reconcilers and the resync read them.
     RUNTIME.indexes = {name: kwargs[name] for name in INDEXES}
     _tasks.add(resync.start(ours.resync_seconds, settings.execution.executor))

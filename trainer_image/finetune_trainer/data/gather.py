@@ -60,8 +60,15 @@ def _kept_lengths(
     return keep_source, keep_target, turn_row, index
 
 
+def flat_ids(encoded: Sequence[list[int]]) -> tuple[IntArray, IntArray]:
+    """Lists of token ids as one flat int32 array and the length of each list."""
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    return np.fromiter(chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum())), lengths
+
+
 def supervised_columns(
-    encoded: Sequence[list[int]],
+    flat: IntArray,
+    lengths: IntArray,
     turns: IntArray,
     cfg: ProcessingConfig,
     *,
@@ -70,13 +77,12 @@ def supervised_columns(
 ) -> tuple[pa.ListArray, pa.ListArray]:
     """``input_ids`` and ``labels`` (Arrow ``list<int32>``) of a batch of conversations.
 
-    ``encoded`` holds the token ids of every turn's prompt and answer, row after row
-    (``[prompt₀, answer₀, prompt₁, answer₁, …]``); ``turns`` the number of turns of each row
+    ``flat`` holds the token ids (int32) of every turn's prompt and answer, row after row
+    (``prompt₀, answer₀, prompt₁, answer₁, …``), ``lengths`` the number of ids of each of those
+    texts (:func:`flat_ids` makes both from lists); ``turns`` the number of turns of each row
     (0: a skipped row, output empty). Same result as ``build_supervised`` on each row.
     """
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
     starts = np.cumsum(lengths) - lengths
-    flat = np.fromiter(chain.from_iterable(encoded), dtype=np.int32, count=int(lengths.sum()))
     source_len, target_len = lengths[0::2], lengths[1::2]
     keep_s, keep_t, turn_row, index = _kept_lengths(source_len, target_len, turns, cfg, efficient_eos)
 

@@ -1,8 +1,10 @@
 """Processors: aligned rows into token ids and labels, one batched function per stage shape.
 
-Each batch is rendered to text pairs first, then tokenised in ONE call of the fast tokenizer;
-the per-example work left in Python is list slicing and concatenation per turn, never per token
-(supervised rows, the common case, not even that: ``gather.py`` assembles them with numpy).
+Each batch is rendered to text pairs first, then tokenised at once: by the piece memo
+(``pieces.py``: each distinct word through the tokenizer once) where the tokenizer allows it,
+else in ONE call of the fast tokenizer. The per-example work left in Python is list slicing and
+concatenation per turn, never per token (supervised rows, the common case, not even that:
+``gather.py`` assembles them with numpy).
 Rows whose ``_error`` is set produce empty outputs (they are dropped right after).
 """
 
@@ -19,9 +21,10 @@ from datasets import Features, List, Value
 from transformers import PreTrainedTokenizerFast
 
 from .config import IGNORE_INDEX, ProcessingConfig, Shape
-from .gather import supervised_columns
+from .gather import flat_ids, supervised_columns
+from .pieces import PieceCache, piece_cache_for
 from .template import ChatTemplate, Message
-from .threads import rust_threads
+from .threads import encode_batch
 
 Pair = tuple[list[int], list[int]]
 OUTPUT_COLUMNS: dict[Shape, tuple[str, ...]] = {
@@ -81,13 +84,9 @@ def batch_encode(
     if not texts:
         return []
     if isinstance(tokenizer, PreTrainedTokenizerFast):
-        backend = tokenizer.backend_tokenizer
-        if threads is None:
-            encodings = backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
-        else:
-            with rust_threads(threads):
-                encodings = backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
-        return [e.ids for e in encodings]
+        return encode_batch(
+            tokenizer.backend_tokenizer, texts, add_special_tokens=add_special_tokens, threads=threads
+        )
     return list(tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"])
 
 
@@ -158,9 +157,12 @@ class Encoder:
     workers (each has its core already); None leaves ``TOKENIZERS_PARALLELISM`` as it is."""
     eos_id: int | None = field(init=False)
     """Read once: every attribute read on a transformers tokenizer goes through its ``__getattr__``."""
+    pieces: PieceCache | None = field(init=False)
+    """Each distinct word encoded once, where the tokenizer allows it (``pieces.py``)."""
 
     def __post_init__(self) -> None:
         self.eos_id = self.tokenizer.eos_token_id
+        self.pieces = piece_cache_for(self.tokenizer)
 
     def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
         out = self._encode(batch)
@@ -179,20 +181,34 @@ class Encoder:
         if shape is Shape.SUPERVISED:
             turns = np.fromiter(map(len, rendered), dtype=np.int64, count=len(rendered))
             input_ids, labels = supervised_columns(
-                batch_encode(self.tokenizer, flat, threads=self.threads),
+                *self._encode_flat(flat),
                 turns,
                 self.cfg,
                 eos_id=self.eos_id,
                 efficient_eos=self.template.efficient_eos,
             )
             return {"input_ids": input_ids, "labels": labels}
-        ids = iter(batch_encode(self.tokenizer, flat, threads=self.threads))
+        ids = iter(self._encode_lists(flat))
         encoded = [[(next(ids), next(ids)) for _ in example] for example in rendered]
         if shape is Shape.PAIRWISE:
             return self._pairwise(encoded)
         if shape is Shape.KTO:
             return self._kto(encoded, batch["_kto_tag"])
         return self._prompt_only(encoded, rendered, batch)
+
+    def _encode_flat(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids of ``texts`` (no special tokens added): all ids flat (int32) and each text's count."""
+        if self.pieces is not None:
+            return self.pieces.encode(texts, threads=self.threads)
+        return flat_ids(batch_encode(self.tokenizer, texts, threads=self.threads))
+
+    def _encode_lists(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of ``texts`` (no special tokens added), one list per text."""
+        if self.pieces is None:
+            return batch_encode(self.tokenizer, texts, threads=self.threads)
+        ids, lengths = self.pieces.encode(texts, threads=self.threads)
+        values, ends = ids.tolist(), np.cumsum(lengths).tolist()
+        return [values[end - n : end] for end, n in zip(ends, lengths.tolist(), strict=True)]
 
     def _render(self, batch: dict[str, list[Any]], i: int, ok: bool) -> list[tuple[str, str]]:
         """Text pairs of row ``i``; pairwise rows render the rejected answer as one extra pair."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from typing import Any
 
 ENV = "TOKENIZERS_PARALLELISM"
 _forked = False
@@ -44,3 +45,16 @@ def rust_threads(enabled: bool) -> Iterator[None]:
             del os.environ[ENV]
         else:
             os.environ[ENV] = previous
+
+
+def encode_batch(
+    backend: Any, texts: list[str], *, add_special_tokens: bool = False, threads: bool | None = None
+) -> list[list[int]]:
+    """Token ids of ``texts`` by one batched call of the Rust tokenizer (``tokenizers.Tokenizer``).
+
+    ``threads``: its thread pool on (True) or off (False) for this call; None leaves
+    ``TOKENIZERS_PARALLELISM`` as it is.
+    """
+    with nullcontext() if threads is None else rust_threads(threads):
+        encodings = backend.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+    return [e.ids for e in encodings]

@@ -15,6 +15,7 @@ from transformers import PreTrainedModel
 
 from finetune_api.method import Finetuning, FreezeSpec, LoraSpec, MethodSpec
 
+from .fast_linear import use_fast_linear
 from .llama_pro import expand_llama_pro
 from .loader import is_quantized
 
@@ -199,6 +200,7 @@ def prepare_model_for_training(
     adapter: str | None = None,
     vocab_resized: bool = False,
     llama_pro_blocks: int | None = None,
+    fast_linear: bool = True,
 ) -> PreTrainedModel | PeftModel:
     """Apply ``method.finetuning`` to a loaded model and return the model to train.
 
@@ -206,6 +208,8 @@ def prepare_model_for_training(
     ``llama_pro_blocks`` from ``model.llamaProBlocks``.
     lora → a PeftModel (QLoRA when the base is quantized); freeze → the same model with only the
     chosen parameters trainable (with LLaMA Pro: in the new blocks only); full → every parameter trainable.
+    ``fast_linear`` gives the linear layers the exact faster forms of
+    :mod:`~finetune_trainer.model.fast_linear` (fused LoRA, oneDNN matmuls on CPU); False keeps stock modules.
 
     Raises:
         ValueError: a combination the method cannot honour, naming the spec field.
@@ -231,6 +235,11 @@ def prepare_model_for_training(
         model.requires_grad_(True)
         prepared = model
     upcast_trainable_parameters(prepared)
+    if fast_linear:
+        fused, onednn = use_fast_linear(prepared)
+        log.info(
+            "fast linear layers: %d LoRA layers fused, %d layers on oneDNN for fp32 CPU calls", fused, onednn
+        )
     trainable, total = count_parameters(prepared)
     log.info(
         "%s tuning: %d of %d parameters trainable (%.4f%%)",
