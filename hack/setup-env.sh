@@ -5,29 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${FT_CACHE:-$HOME/.cache/finetune-operator}"
-key=$(python3 - <<'PY'
-import hashlib, tomllib
-p = tomllib.load(open("pyproject.toml", "rb"))["project"]
-deps = repr((p["dependencies"], sorted(p["optional-dependencies"].items())))
-print(hashlib.sha256(deps.encode()).hexdigest()[:12])
-PY
-)
-venv="$cache/venv-$key"
-mkdir -p "$cache"
-# One build at a time (parallel runs would remove each other's half-built venv): wait for the lock.
-exec 9>"$cache/.setup-env.lock"
-flock 9
-if [ ! -f "$venv/.complete" ]; then
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --upgrade pip
-  "$venv/bin/pip" install -q ".[operator,trainer,dev]"
-  touch "$venv/.complete"
-fi
-# Point the shared environment at this checkout's sources.
-"$venv/bin/pip" install -q --no-deps --no-build-isolation -e .
+# shellcheck source=hack/venv.sh
+source hack/venv.sh
+ensure_venv venv operator,trainer,dev
 ln -sfn "$venv" .venv
-touch "$venv/.last-used"
 # One venv per dependency set accumulates (several GB each): drop the ones no run has used for
 # FT_VENV_KEEP_DAYS days (the Dockerfile install test's and the operator benchmark's venvs too). Never the current one.
 keep_days="${FT_VENV_KEEP_DAYS:-3}"

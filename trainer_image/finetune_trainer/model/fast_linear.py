@@ -39,10 +39,14 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def _cpu_fp32(*tensors: torch.Tensor) -> bool:
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+
+
 def matmul_nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``a @ bᵀ (+ bias)`` for ``a`` (…, k) and ``b`` (n, k), any strides: oneDNN for fp32 CPU tensors, else ``F.linear``."""
     operands = (a, b) if bias is None else (a, b, bias)
-    if onednn_available() and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in operands):
+    if onednn_available() and _cpu_fp32(*operands):
         return torch.ops.mkldnn._linear_pointwise(a, b, bias, "none", [], "")
     return F.linear(a, b, bias)
 
@@ -107,10 +111,6 @@ class FusedLoraFunction(torch.autograd.Function):
             x_a = matmul_nt(x2, lora_a) * scaling  # s · x Aᵀ, scaled on the tokens × r side
             grad_b = matmul_nt(x_a.t(), g.t()).t()  # (s · (x Aᵀ)ᵀ g)ᵀ: oneDNN is fast for this order
         return grad_x, grad_w, grad_bias, grad_a, grad_b, None
-
-
-def _cpu_fp32(*tensors: torch.Tensor) -> bool:
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
 
 
 class OneDnnLinear(torch.nn.Linear):
@@ -187,7 +187,7 @@ def use_fast_linear(model: torch.nn.Module) -> tuple[int, int]:
         module.__class__ = FusedLoraLinear
     plain = [
         module for module in model.modules() if type(module) is torch.nn.Linear and _plain_fp32_linear(module)
-    ]
-    for module in plain if onednn_available() else []:
+    ] if onednn_available() else []  # fmt: skip
+    for module in plain:
         module.__class__ = OneDnnLinear
-    return len(fused), len(plain) if onednn_available() else 0
+    return len(fused), len(plain)
