@@ -6,7 +6,9 @@ operator image holds, ``hack/operator-env.sh``: no test packages), makes one Rea
 then creates N FineTuneJobs one after the other. A watch on Jobs timestamps each trainer Job's
 creation: latency = Job ADDED − just before the FineTuneJob's create call. Also: the operator's
 memory (RSS and PSS) and its own count of API calls (``finetune_operator_api_calls_total``, the
-calls of its reconcilers; kopf's watch streams and status patches are not in it) per job.
+calls of its reconcilers; kopf's watch streams and status patches are not in it) per job; and, from
+the API server's own ``apiserver_request_total``, every client's requests in the burst (the
+operator's, kopf's, the controllers', this benchmark's), with the CPU each control-plane process used.
 Full mode then grows to 1000 FineTuneJobs and measures memory again.
 
     python -m bench.operator_scale [--quick]      # 200 (+800) jobs; quick: 20
@@ -109,12 +111,41 @@ def start_operator(kubeconfig: Path, log: Path) -> tuple[subprocess.Popen[bytes]
 def api_calls_by_label(metrics_port: int) -> dict[str, float]:
     """The operator's finetune_operator_api_calls_total, by "verb resource code"."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return metric_samples(text, "finetune_operator_api_calls_total", ("verb", "resource", "code"))
+
+
+def metric_samples(text: str, name: str, keys: tuple[str, ...]) -> dict[str, float]:
+    """The samples of one Prometheus counter in ``text``, summed by the values of ``keys``."""
     found: dict[str, float] = {}
-    for m in re.finditer(r"^finetune_operator_api_calls_total\{([^}]*)\} (\S+)$", text, re.M):
+    for m in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M):
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        key = f"{labels.get('verb')} {labels.get('resource')} {labels.get('code')}"
+        key = " ".join(labels.get(k, "") for k in keys if labels.get(k))
         found[key] = found.get(key, 0.0) + float(m.group(2))
     return found
+
+
+def apiserver_requests(cluster: Cluster) -> tuple[dict[str, float], dict[str, float]]:
+    """The API server's request count (every client) and the seconds it spent answering them
+    (``apiserver_request_duration_seconds``, watches excluded), by "verb resource subresource"."""
+    response = cluster.api_client.call_api(
+        "/metrics", "GET", _preload_content=False, _return_http_data_only=True
+    )
+    text, keys = response.data.decode(), ("verb", "resource", "subresource")
+    return (
+        metric_samples(text, "apiserver_request_total", keys),
+        metric_samples(text, "apiserver_request_duration_seconds_sum", keys),
+    )
+
+
+def control_plane_cpu_s(cluster: Cluster) -> dict[str, float]:
+    """CPU-seconds each control-plane process has used so far."""
+    return {p.name: operator_cpu_s(p.popen.pid) for p in cluster.control_plane.processes}
+
+
+def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """``after − before`` per key, the keys that moved only, largest first."""
+    moved = {k: round(v - before.get(k, 0.0), 2) for k, v in after.items() if v != before.get(k, 0.0)}
+    return dict(sorted(moved.items(), key=lambda kv: -kv[1]))
 
 
 def api_calls(metrics_port: int) -> float:
@@ -198,9 +229,13 @@ def measure(cluster: Cluster, s3: S3Server, n: int, grow_to: int | None, log: Pa
         memory_idle = operator_memory(proc.pid)  # one Ready Dataset, no FineTuneJob yet
         jobs = JobWatch(cluster.api_client, ns)
         calls_before, cpu_before = api_calls(metrics_port), operator_cpu_s(proc.pid)
+        server_before, plane_before = apiserver_requests(cluster), control_plane_cpu_s(cluster)
         started = time.monotonic()
         latencies = apply_jobs(h, jobs, output, 0, n, timeout_s=max(120, n))
         burst_s = time.monotonic() - started
+        server_after = apiserver_requests(cluster)
+        server_burst, server_seconds = (delta(a, b) for a, b in zip(server_after, server_before, strict=True))
+        plane_burst = delta(control_plane_cpu_s(cluster), plane_before)
         by_label, cpu_burst = api_calls_by_label(metrics_port), operator_cpu_s(proc.pid) - cpu_before
         calls, memory = sum(by_label.values()) - calls_before, operator_memory(proc.pid)
         settle(25)
@@ -215,6 +250,10 @@ def measure(cluster: Cluster, s3: S3Server, n: int, grow_to: int | None, log: Pa
             "api_calls_per_job_after_settle": round(calls_settled / n, 2),
             "api_calls_by_label_at_n": by_label,
             "api_calls_by_label_after_settle": by_label_settled,
+            "apiserver_requests_per_job": round(sum(server_burst.values()) / n, 2),
+            "apiserver_requests_in_burst": server_burst,
+            "apiserver_seconds_in_burst": server_seconds,
+            "control_plane_cpu_s_in_burst": {**plane_burst, "operator": round(cpu_burst, 2)},
             "operator_cpu_s_per_job": round(cpu_burst / n, 4),
             "operator_cpu_s_per_job_after_settle": round(cpu_settled / n, 4),
             "operator_memory_idle": memory_idle,
@@ -284,7 +323,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grown = f"; RSS at {grow_to}: {rss_at_scale:.0f} MB (target {TARGET_RSS_MB:.0f})" if grow_to else ""
     print(
         f"operator_scale: {n} jobs, apply->Job p50 {lat['p50']:.3f}s p99 {lat['p99']:.3f}s (target {TARGET_P99_S}s), "
-        f"{figures['api_calls_per_job']:.1f} API calls/job, operator RSS "
+        f"{figures['api_calls_per_job']:.1f} operator API calls/job "
+        f"({figures['apiserver_requests_per_job']:.1f} requests/job at the API server, all clients), operator RSS "
         f"{figures['operator_memory_after_settle']['rss_mb']:.0f} MB{grown}; {path}"
     )
     return result

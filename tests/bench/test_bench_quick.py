@@ -79,3 +79,24 @@ def test_operator_scale_quick_creates_a_job_per_finetunejob(tmp_path: Path) -> N
     assert result["jobs"] == 20
     assert 0 < latency["p50"] <= latency["p99"] <= latency["max"]
     assert result["api_calls_per_job"] > 0 and result["operator_memory"]["rss_mb"] > 0
+    # The API server counts every client's requests: at least the FineTuneJobs and Jobs created.
+    server = result["apiserver_requests_in_burst"]
+    assert server["POST finetunejobs"] >= 20 and server["POST jobs"] >= 20
+    assert result["apiserver_requests_per_job"] > result["api_calls_per_job"]
+    assert result["control_plane_cpu_s_in_burst"]["kube-apiserver"] > 0
+
+
+def test_tree_memory_sampler_sees_a_childs_peak() -> None:
+    """A child that holds 200 MiB for a while and then frees it: the peak is seen (PSS is read at
+    the new RSS high; the high-water mark is the kernel's)."""
+    sys.path.insert(0, str(REPO))
+    from bench.common import run_measured
+
+    hold = (
+        "import json, time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5); "
+        "del b; time.sleep(1.5); print(json.dumps({}))"
+    )
+    _, memory = run_measured([sys.executable, "-c", hold])
+    assert 200 <= memory.peak_pss_mib <= memory.peak_rss_mib
+    assert 200 <= memory.peak_single_rss_mib < 400  # the kernel's high-water mark
+    assert memory.samples >= memory.pss_samples >= 1
