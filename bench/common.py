@@ -98,7 +98,7 @@ def our_versions() -> dict[str, str]:
 
 
 # -- peak memory of a process tree ------------------------------------------------------------------
-def _proc_kib(pid: int, name: str, key: str) -> int:
+def proc_kib(pid: int, name: str, key: str) -> int:
     """One ``key: N kB`` line of ``/proc/<pid>/<name>`` (0 once the process is gone)."""
     try:
         for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
@@ -177,13 +177,13 @@ class TreeSampler:
         now = time.monotonic()
         if total > self._rss_high * self.new_high or now >= self._next_pss:
             # Proportional set size: shared pages (forked workers, mmapped Arrow) counted once in total.
-            pss = sum(_proc_kib(p.pid, "smaps_rollup", "Pss:") for p in procs) / 1024
+            pss = sum(proc_kib(p.pid, "smaps_rollup", "Pss:") for p in procs) / 1024
             cost = time.monotonic() - now
             self._next_pss = now + max(self.interval_s, cost / self.max_duty)
             m.peak_pss_mib = max(m.peak_pss_mib, pss)
             m.pss_samples += 1
         self._rss_high = max(self._rss_high, total)
-        hwm = max((_proc_kib(p.pid, "status", "VmHWM:") for p in procs), default=0)
+        hwm = max((proc_kib(p.pid, "status", "VmHWM:") for p in procs), default=0)
         m.peak_rss_mib = max(m.peak_rss_mib, total / 2**20)
         m.peak_single_rss_mib = max(m.peak_single_rss_mib, hwm / 1024)
         m.samples += 1

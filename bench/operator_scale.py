@@ -36,7 +36,7 @@ from typing import Any
 import psutil
 from kubernetes import client, watch
 
-from bench.common import REPO, operator_python, write_result
+from bench.common import REPO, operator_python, proc_kib, write_result
 from tests.e2e.operator_harness import TRAINER_IMAGE, Harness, _free_port
 from tests.fixtures.cluster import Cluster, start_cluster, stop_cluster, wait_until
 from tests.fixtures.s3 import S3Server, SeaweedS3
@@ -157,11 +157,7 @@ def operator_memory(pid: int) -> dict[str, float]:
     """RSS, PSS and peak RSS (VmHWM) of the operator process, in MB."""
     proc = psutil.Process(pid)
     full = proc.memory_full_info()
-    hwm = next(
-        int(line.split()[1])
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if line.startswith("VmHWM")
-    )
+    hwm = proc_kib(pid, "status", "VmHWM:")
     return {
         "rss_mb": round(full.rss / 1e6, 1),
         "pss_mb": round(full.pss / 1e6, 1),
