@@ -4,6 +4,8 @@ the model card, the Ollama Modelfile and the termination report. No model, no se
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +197,16 @@ def test_fit_report_drops_the_file_list_first() -> None:
     }
     small = {**report, "files": files[:2]}
     assert json.loads(fit_report(small)) == small
+
+
+def test_export_peak_rss_is_the_process_own_not_its_parents() -> None:
+    """A parent holding 3 GiB starts the exporter's process: ``ru_maxrss`` would report the
+    parent's RSS (it survives exec); the report's figure is the child's own high-water mark."""
+    held = bytearray(3 * 2**30)
+    held[:: 2**12] = b"x" * len(held[:: 2**12])  # touch every page: resident
+    out = subprocess.run(
+        [sys.executable, "-c", "from finetune_trainer.export.pipeline import peak_rss_bytes; print(peak_rss_bytes())"],
+        capture_output=True, text=True, check=True, timeout=300,
+    ).stdout  # fmt: skip
+    del held
+    assert 10 * 2**20 < int(out.strip()) < 2 * 2**30

@@ -10,6 +10,7 @@ import json
 import logging
 import resource
 import shutil
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,17 @@ def release_memory() -> None:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident set size: Linux's ``VmHWM``, else ``ru_maxrss``.
+
+    ``ru_maxrss`` is not this program's own figure: it survives ``exec``, so a process started by
+    a large parent reports at least the parent's RSS at the fork.
+    """
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere
 
 
 def _reload(folder: Path, source: SourceModel, *, quantized: bool) -> Any:
