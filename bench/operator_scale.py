@@ -125,8 +125,8 @@ def metric_samples(text: str, name: str, keys: tuple[str, ...]) -> dict[str, flo
 
 
 def apiserver_requests(cluster: Cluster) -> tuple[dict[str, float], dict[str, float]]:
-    """The API server's request count (every client) and the seconds it spent answering them
-    (``apiserver_request_duration_seconds``, watches excluded), by "verb resource subresource"."""
+    """The API server's request count (every client) and the seconds its requests took
+    (``apiserver_request_duration_seconds``), by "verb resource subresource"."""
     response = cluster.api_client.call_api(
         "/metrics", "GET", _preload_content=False, _return_http_data_only=True
     )
@@ -139,7 +139,7 @@ def apiserver_requests(cluster: Cluster) -> tuple[dict[str, float], dict[str, fl
 
 def control_plane_cpu_s(cluster: Cluster) -> dict[str, float]:
     """CPU-seconds each control-plane process has used so far."""
-    return {p.name: operator_cpu_s(p.popen.pid) for p in cluster.control_plane.processes}
+    return {p.name: process_cpu_s(p.popen.pid) for p in cluster.control_plane.processes}
 
 
 def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
@@ -165,8 +165,8 @@ def operator_memory(pid: int) -> dict[str, float]:
     }
 
 
-def operator_cpu_s(pid: int) -> float:
-    """CPU-seconds (user + system) the operator process has used so far."""
+def process_cpu_s(pid: int) -> float:
+    """CPU-seconds (user + system) a process has used so far."""
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
 
@@ -224,7 +224,7 @@ def measure(cluster: Cluster, s3: S3Server, n: int, grow_to: int | None, log: Pa
         h.ready_dataset()
         memory_idle = operator_memory(proc.pid)  # one Ready Dataset, no FineTuneJob yet
         jobs = JobWatch(cluster.api_client, ns)
-        calls_before, cpu_before = api_calls(metrics_port), operator_cpu_s(proc.pid)
+        calls_before, cpu_before = api_calls(metrics_port), process_cpu_s(proc.pid)
         server_before, plane_before = apiserver_requests(cluster), control_plane_cpu_s(cluster)
         started = time.monotonic()
         latencies = apply_jobs(h, jobs, output, 0, n, timeout_s=max(120, n))
@@ -232,12 +232,12 @@ def measure(cluster: Cluster, s3: S3Server, n: int, grow_to: int | None, log: Pa
         server_after = apiserver_requests(cluster)
         server_burst, server_seconds = (delta(a, b) for a, b in zip(server_after, server_before, strict=True))
         plane_burst = delta(control_plane_cpu_s(cluster), plane_before)
-        by_label, cpu_burst = api_calls_by_label(metrics_port), operator_cpu_s(proc.pid) - cpu_before
+        by_label, cpu_burst = api_calls_by_label(metrics_port), process_cpu_s(proc.pid) - cpu_before
         calls, memory = sum(by_label.values()) - calls_before, operator_memory(proc.pid)
         settle(25)
         by_label_settled = api_calls_by_label(metrics_port)
         calls_settled = sum(by_label_settled.values()) - calls_before
-        cpu_settled, memory_settled = operator_cpu_s(proc.pid) - cpu_before, operator_memory(proc.pid)
+        cpu_settled, memory_settled = process_cpu_s(proc.pid) - cpu_before, operator_memory(proc.pid)
         result: dict[str, Any] = {
             "jobs": n,
             "apply_to_job_s": latency_summary(latencies),
@@ -257,13 +257,13 @@ def measure(cluster: Cluster, s3: S3Server, n: int, grow_to: int | None, log: Pa
             "operator_memory_after_settle": memory_settled,
         }
         if grow_to:
-            cpu_before_growth = operator_cpu_s(proc.pid)
+            cpu_before_growth = process_cpu_s(proc.pid)
             apply_jobs(h, jobs, output, n, grow_to - n, timeout_s=max(600, grow_to))
             settle(25)
             result["grown_to"] = grow_to
             result["operator_memory_at_grown"] = operator_memory(proc.pid)
             result["operator_cpu_s_per_job_growth"] = round(
-                (operator_cpu_s(proc.pid) - cpu_before_growth) / (grow_to - n), 4
+                (process_cpu_s(proc.pid) - cpu_before_growth) / (grow_to - n), 4
             )
             result["api_calls_by_label_at_grown"] = api_calls_by_label(metrics_port)
         jobs.stop()
