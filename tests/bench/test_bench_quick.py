@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from bench.common import run_measured
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
@@ -89,9 +91,6 @@ def test_operator_scale_quick_creates_a_job_per_finetunejob(tmp_path: Path) -> N
 def test_tree_memory_sampler_sees_a_childs_peak() -> None:
     """A child that holds 200 MiB for a while and then frees it: the peak is seen (PSS is read at
     the new RSS high; the high-water mark is the kernel's)."""
-    sys.path.insert(0, str(REPO))
-    from bench.common import run_measured
-
     hold = (
         "import json, time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5); "
         "del b; time.sleep(1.5); print(json.dumps({}))"
