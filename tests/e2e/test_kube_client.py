@@ -17,7 +17,7 @@ from kubernetes import client
 from prometheus_client import REGISTRY
 
 from finetune_operator.kube import AdoptionConflict, ApiError, Kube, login
-from tests.fixtures.cluster import Cluster
+from tests.fixtures.cluster import Cluster, wait_until
 
 pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
@@ -101,6 +101,11 @@ def test_jobs_pods_nodes_and_delete(
     read = kube.read_job(namespace, "train")
     assert read is not None and read["spec"]["suspend"] is False
     assert kube.list_pods(namespace, {"app": "nothing-has-this"}) == []
+    # Running, the Job makes its pod: a list from the server's cache (resourceVersion=0) finds it too.
+    cached = wait_until(lambda: kube.list_pods(namespace, {"app": "t"}, cached=True), what="the Job's pod")
+    current = kube.list_pods(namespace, {"app": "t"})
+    assert [p["metadata"]["name"] for p in cached] == [p["metadata"]["name"] for p in current]
+    assert current[0]["metadata"]["labels"]["batch.kubernetes.io/job-name"] == "train"
     assert kube.node_labels({}) == [
         n.metadata.labels or {} for n in client.CoreV1Api(cluster.api_client).list_node().items
     ]

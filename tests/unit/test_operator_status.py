@@ -12,6 +12,7 @@ from finetune_api.export import ExportPhase
 from finetune_api.finetunejob import FineTuneJobSpec, Phase
 from finetune_api.resources import Dataset, Export, FineTuneJob
 from finetune_operator import preflight as pf
+from finetune_operator.handlers.indexes import compact_job, job_state_key
 from finetune_operator.status import reasons as r
 from finetune_operator.status.finetunejob import (
     build_job_status,
@@ -19,7 +20,7 @@ from finetune_operator.status.finetunejob import (
     dataset_gate,
     job_verdict,
 )
-from finetune_operator.status.observe import observe_job
+from finetune_operator.status.observe import PodRead, observe_job, pod_read
 from finetune_operator.status.tasks import dataset_status, export_gate, export_status, export_verdict
 
 NOW = "2030-01-01T00:00:00Z"
@@ -90,6 +91,42 @@ def test_running_suspended_kueue_image_pull_and_restart() -> None:
     assert job_verdict(spec(backoffLimit=2), retry).reason == r.RESTARTING
 
 
+def test_pod_read_follows_what_the_jobs_counts_cannot_say() -> None:
+    assert pod_read(k8s_job()) is PodRead.NONE  # just created: no pod yet
+    assert pod_read(k8s_job(suspend=True)) is PodRead.NONE
+    assert pod_read(k8s_job(active=1)) is PodRead.CACHED  # may not start: an image pull shows in pods
+    assert pod_read(k8s_job(active=1, ready=1)) is PodRead.NONE  # every pod ready, none failed
+    assert pod_read(k8s_job(active=2, ready=1), pods_wanted=2) is PodRead.CACHED  # one node short
+    assert pod_read(k8s_job(active=2, ready=2), pods_wanted=2) is PodRead.NONE
+    assert pod_read(k8s_job(active=1, ready=1, failed=1)) is PodRead.CACHED  # a retry: why it failed
+    for done in ("Complete", "Failed"):  # the final report is in the pods: read them current
+        assert pod_read(k8s_job([{"type": done}], ready=1)) is PodRead.CONSISTENT
+
+
+def test_a_job_read_without_pods_runs_on_its_ready_count() -> None:
+    running = observe_job(k8s_job(active=2, ready=2), [])
+    assert running.running_pods == 2
+    assert job_verdict(spec(resources={"nodes": 2}), running).phase == Phase.RUNNING
+    assert job_verdict(spec(), observe_job(k8s_job(active=1), [])).reason == r.PODS_PENDING
+    # With pods listed, they are counted: ready pods of a pod list that says Pending do not run.
+    assert observe_job(k8s_job(active=1, ready=1), [pod("Pending")]).running_pods == 0
+
+
+def test_job_state_key_moves_with_status_and_suspend_only() -> None:
+    job = {
+        **k8s_job(active=1),
+        "metadata": {"name": "demo-train", "namespace": "ns", "uid": "u", "labels": {}},
+    }
+    key = job_state_key(job)
+    assert job_state_key(compact_job(job)) == key  # an index entry and an event body agree
+    assert job_state_key({**job, "metadata": {**job["metadata"], "resourceVersion": "9"}}) == key
+    assert job_state_key(k8s_job(active=1, ready=1)) != key
+    assert job_state_key(k8s_job(active=1, suspend=True)) != key
+    assert job_state_key({"metadata": {}, "spec": {}}) == job_state_key(
+        {"metadata": {}, "spec": {}, "status": {}}
+    )
+
+
 def test_success_status_has_outputs_progress_and_conditions() -> None:
     summary = {"step": 20, "totalSteps": 20, "percent": 100.0, "loss": 1.5, "phase": "Succeeded",
                "lastCheckpoint": "s3://bucket/run/checkpoints/checkpoint-20"}  # fmt: skip
@@ -147,7 +184,9 @@ def test_evaluation_scores_from_the_record_land_in_status() -> None:
             "results": "s3://bucket/run/eval_results.json",
         },
     }
-    status = build_job_status(s, None, job_verdict(s, running), generation=1, now=NOW, obs=running, record=record)
+    status = build_job_status(
+        s, None, job_verdict(s, running), generation=1, now=NOW, obs=running, record=record
+    )
     assert status.evaluation is not None and status.evaluation.predict is not None
     assert status.evaluation.predict.bleu4 == 35.5
     assert status.evaluation.results == "s3://bucket/run/eval_results.json"

@@ -30,9 +30,9 @@ from ..progress import read_progress
 from ..status import reasons as r
 from ..status.conditions import Verdict
 from ..status.finetunejob import TERMINAL, build_job_status, cluster_spec_errors, dataset_gate, job_verdict
-from ..status.observe import JobObservation, has_pods, observe_job, parse_time
-from .indexes import JobEntry, compact_job, indexed_dataset, indexed_job, lookup
-from .runtime import RUNTIME, now, parse, parse_status, run_guarded, write_status
+from ..status.observe import JobObservation, parse_time
+from .indexes import JobEntry, compact_job, indexed_dataset, indexed_job, job_state_key, lookup
+from .runtime import RUNTIME, now, observe, parse, parse_status, run_guarded, write_status
 
 FTJ: Final = ("finetune.dev", "v1alpha1", "finetunejobs")
 PLURAL: Final = "finetunejobs"
@@ -120,7 +120,7 @@ def _gate(
 
 def _converge(
     kube: Kube, body: Mapping[str, Any], job: FineTuneJob, trainer: dict[str, Any] | None
-) -> JobObservation:
+) -> tuple[dict[str, Any], JobObservation]:
     """Create what is missing (adopting what exists), propagate suspend, observe the Job and its pods.
 
     ``trainer`` is the Job as just seen in a Job event; otherwise the jobs index says whether it exists
@@ -140,8 +140,7 @@ def _converge(
         kube.set_job_suspend(ns, trainer["metadata"]["name"], job.spec.suspend)
         trainer["spec"]["suspend"] = job.spec.suspend
     selector = {**owner.labels(TRAINER), "batch.kubernetes.io/job-name": trainer["metadata"]["name"]}
-    pods = kube.list_pods(ns, selector) if has_pods(trainer) else []
-    return observe_job(trainer, pods)
+    return trainer, observe(kube, trainer, selector, job.spec.resources.nodes)
 
 
 def read_job_progress(kube: Kube, namespace: str, output: OutputSpec | None) -> dict[str, Any] | None:
@@ -173,7 +172,7 @@ def reconcile_finetunejob(
             RUNTIME.expired.add(uid)
         return Verdict(old.phase, "", "")
     estimate = _gate(kube, body, job, old)
-    obs = _converge(kube, body, job, trainer)
+    trainer, obs = _converge(kube, body, job, trainer)
     verdict = job_verdict(job.spec, obs)
     if verdict.phase == Phase.RUNNING and record is None and RUNTIME.progress_due(uid):
         record = read_job_progress(kube, ns, job.spec.output)
@@ -190,6 +189,7 @@ def reconcile_finetunejob(
     write_status(PLURAL, body, old, status, verdict)
     if verdict.phase == Phase.RUNNING and record is not None:
         RUNTIME.applied_records[uid] = record_key(record)
+    RUNTIME.reconciled_jobs[uid] = job_state_key(trainer)
     return verdict
 
 
@@ -225,14 +225,15 @@ def trainer_job_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> No
     entry = lookup(RUNTIME.indexes.get("finetunejob_index"), (ns, owner["name"]))
     if entry is not None and (entry.uid != owner["uid"] or _settled(entry)):
         return  # another object of that name, or a finished job with nothing left to do
-    parent = RUNTIME.api().read_custom(PLURAL, ns, owner["name"])
-    if (
-        parent is None
-        or parent["metadata"]["uid"] != owner["uid"]
-        or parent["metadata"].get("deletionTimestamp")
-    ):
-        return
-    _run(parent, permanent=False, trainer=compact_job(body))
+    with RUNTIME.exclusive(owner["uid"]):  # the create handler may be deriving the status from this Job now
+        if RUNTIME.reconciled_jobs.get(owner["uid"]) == job_state_key(body):
+            return  # the status already derives from this very state (e.g. the ADDED event of our own create)
+        parent = RUNTIME.api().read_custom(PLURAL, ns, owner["name"])
+        if parent is None or parent["metadata"]["uid"] != owner["uid"]:
+            RUNTIME.forget(owner["uid"])  # the owner is gone: drop what this event's lock put back
+            return
+        if not parent["metadata"].get("deletionTimestamp"):
+            _run(parent, permanent=False, trainer=compact_job(body))
 
 
 def _settled(entry: JobEntry) -> bool:

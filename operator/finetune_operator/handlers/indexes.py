@@ -8,6 +8,7 @@ operator's memory is the floor plus a few hundred bytes per object.
 from __future__ import annotations
 
 import contextvars
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -60,6 +61,11 @@ def compact_job(body: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {"suspend": (body.get("spec") or {}).get("suspend")},
         "status": dict(body.get("status") or {}),
     }
+
+
+def job_state_key(job: Mapping[str, Any]) -> str:
+    """What a status derives from in a Job (its status and suspend), as a comparable string."""
+    return json.dumps([(job.get("spec") or {}).get("suspend"), job.get("status") or {}], sort_keys=True)
 
 
 def job_entry(body: Mapping[str, Any]) -> JobEntry:

@@ -20,7 +20,7 @@ from .. import metrics
 from ..kube import ApiError, Kube
 from ..settings import Settings, settings_from_env
 from ..status.conditions import Verdict
-from ..status.observe import rfc3339
+from ..status.observe import JobObservation, PodRead, observe_job, pod_read, rfc3339
 
 M = TypeVar("M", bound=BaseModel)
 WARNING_PHASES = ("Failed", "Invalid")
@@ -32,13 +32,15 @@ class Runtime:
 
     settings: Settings = field(default_factory=settings_from_env)
     kube: Kube | None = None
-    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _locks: dict[str, threading.RLock] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     progress_read_at: dict[str, float] = field(default_factory=dict)
     indexes: dict[str, Any] = field(default_factory=dict)
     """kopf's in-memory indexes by handler name (see indexes.py), handed over at startup."""
     applied_records: dict[str, str] = field(default_factory=dict)
     """The last progress record (as read) that made it into each FineTuneJob's status."""
+    reconciled_jobs: dict[str, str] = field(default_factory=dict)
+    """The training Job's state (:func:`~.indexes.job_state_key`) each FineTuneJob's status last came from."""
     expired: set[str] = field(default_factory=set)
     """FineTuneJobs whose children were deleted after ttlSecondsAfterFinished by this process."""
     kopf_context: contextvars.Context | None = None
@@ -51,9 +53,11 @@ class Runtime:
 
     @contextmanager
     def exclusive(self, uid: str) -> Iterator[None]:
-        """One reconcile per object at a time (the change handler and the timer may fire together)."""
+        """One reconcile per object at a time (the change handler and the timer may fire together).
+
+        Re-entrant: a Job event holds its owner's lock from its skip check through the reconcile."""
         with self._guard:
-            lock = self._locks.setdefault(uid, threading.Lock())
+            lock = self._locks.setdefault(uid, threading.RLock())
         with lock:
             yield
 
@@ -63,6 +67,7 @@ class Runtime:
             self._locks.pop(uid, None)
         self.progress_read_at.pop(uid, None)
         self.applied_records.pop(uid, None)
+        self.reconciled_jobs.pop(uid, None)
         self.expired.discard(uid)
 
     def progress_due(self, uid: str) -> bool:
@@ -129,6 +134,16 @@ def write_status(
         kopf.event(
             body, type=kind, reason=verdict.reason, message=f"{verdict.phase}: {verdict.message}"[:1024]
         )
+
+
+def observe(
+    kube: Kube, job: Mapping[str, Any], selector: dict[str, str], pods_wanted: int = 1
+) -> JobObservation:
+    """A Job and as much of its pods (``selector``) as its state calls for (:func:`pod_read`)."""
+    read = pod_read(job, pods_wanted)
+    namespace = job["metadata"]["namespace"]
+    pods = [] if read is PodRead.NONE else kube.list_pods(namespace, selector, cached=read is PodRead.CACHED)
+    return observe_job(job, pods)
 
 
 def _phase_reason(status: ApiModel | None) -> tuple[str, str] | None:

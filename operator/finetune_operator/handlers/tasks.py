@@ -16,10 +16,10 @@ from .. import metrics
 from ..builders.common import MANAGED_BY, MANAGER, OWNER_KIND, Owner
 from ..builders.tasks import EXPORTER, VALIDATOR, build_export, build_validation
 from ..kube import Kube
-from ..status.observe import JobObservation, has_pods, observe_job
+from ..status.observe import JobObservation
 from ..status.tasks import dataset_status, export_gate, export_status, export_verdict
 from .indexes import indexed_dataset, indexed_job
-from .runtime import RUNTIME, now, parse, parse_status, run_guarded, write_status
+from .runtime import RUNTIME, now, observe, parse, parse_status, run_guarded, write_status
 
 DATASETS: Final = ("finetune.dev", "v1alpha1", "datasets")
 EXPORTS: Final = ("finetune.dev", "v1alpha1", "exports")
@@ -40,8 +40,7 @@ def _run_job(
         kube.create_or_adopt(config_map)
         current, _ = kube.create_or_adopt(job)
     selector = {**owner.labels(component), "batch.kubernetes.io/job-name": name}
-    pods = kube.list_pods(owner.namespace, selector) if has_pods(current) else []
-    return observe_job(current, pods)
+    return observe(kube, current, selector)
 
 
 def reconcile_dataset(body: Mapping[str, Any]) -> None:

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any
 
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
@@ -101,8 +102,30 @@ def has_pods(job: Mapping[str, Any]) -> bool:
     return any(status.get(k) for k in counts)
 
 
+class PodRead(Enum):
+    """How much of a Job's pods a reconcile must read."""
+
+    NONE = "none"
+    """The Job's own counts say it all: no pod yet, or every pod ready and none failed."""
+    CACHED = "cached"
+    """Pods that may not start or that failed: a list from the API server's cache (a stale one is
+    corrected by the next Job event or the resync)."""
+    CONSISTENT = "consistent"
+    """A finished Job: its pods hold the final report, read once and current."""
+
+
+def pod_read(job: Mapping[str, Any], pods_wanted: int = 1) -> PodRead:
+    """Which pod list ``job``'s state calls for, with ``pods_wanted`` pods meaning it runs."""
+    if _condition(job, "Complete") or _condition(job, "Failed"):
+        return PodRead.CONSISTENT
+    status = job.get("status") or {}
+    if not has_pods(job) or (int(status.get("ready") or 0) >= pods_wanted and not status.get("failed")):
+        return PodRead.NONE
+    return PodRead.CACHED
+
+
 def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobObservation:
-    """Read a Job and its pods into a :class:`JobObservation`."""
+    """Read a Job and its pods into a :class:`JobObservation` (without pods, its ready count is the running one)."""
     status = job.get("status") or {}
     failed = _condition(job, "Failed")
     complete = _condition(job, "Complete")
@@ -128,7 +151,7 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Jo
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime")
         or (failed.get("lastTransitionTime") if failed else None),
-        running_pods=running,
+        running_pods=running if pods else int(status.get("ready") or 0),
         image_pull=image_pull,
         failures=sorted(failures, key=lambda e: e.finished_at or ""),
         successes=successes,
