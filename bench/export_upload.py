@@ -108,12 +108,22 @@ def rclone_binary() -> str:
 
 
 def measure_uploads(server: S3Server, folder: Path, size: int, rounds: int) -> dict[str, dict[str, Any]]:
-    """Best MB/s of each method over ``rounds`` rounds (methods interleaved within a round)."""
+    """Best MB/s of each method over ``rounds`` rounds (methods interleaved within a round, the order
+    rotated each round, so no method always follows the same one)."""
     methods = uploaders(server)
     seconds: dict[str, list[float]] = {name: [] for name in methods}
+    warm = folder.parent / "warm-up"  # untimed: each method's first call (imports, the server's first
+    warm.mkdir(exist_ok=True)  # writes) is not in any round
+    shutil.copy(folder / "config.json", warm / "config.json")
+    for name, upload in methods.items():
+        bucket = server.create_bucket()
+        upload(warm, bucket, f"{name}-warm-up")
+        server.delete_bucket(bucket)
     for n in range(rounds):
-        for name, upload in methods.items():
+        order = list(methods.items())
+        for name, upload in order[n % len(order) :] + order[: n % len(order)]:
             bucket = server.create_bucket()
+            os.sync()  # untimed: no upload pays for the writeback of the last one's (or the shards') pages
             try:
                 started = time.perf_counter()
                 upload(folder, bucket, f"{name}-{n}")

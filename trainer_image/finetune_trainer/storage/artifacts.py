@@ -57,14 +57,18 @@ def upload_with_manifest(local_dir: Path, store: ObjectStore) -> Manifest:
         raise NotADirectoryError(str(local_dir))
     store.delete(MANIFEST_NAME)
 
-    def hash_and_upload(item: tuple[str, Path]) -> ManifestEntry:
-        # Hashing in the upload workers overlaps it with the transfers of the other files.
-        rel, full = item
-        entry = entry_for(rel, full)
-        store.put_file(rel, full)
-        return entry
+    with (
+        ThreadPoolExecutor(max_workers=_FILE_WORKERS) as pool,
+        ThreadPoolExecutor(max_workers=_FILE_WORKERS, thread_name_prefix="hash") as hashers,
+    ):
 
-    with ThreadPoolExecutor(max_workers=_FILE_WORKERS) as pool:
+        def hash_and_upload(item: tuple[str, Path]) -> ManifestEntry:
+            # Each file is hashed while it goes up: the hash and the transfer overlap (the file's
+            # pages, read twice, come from the page cache the second time).
+            entry = hashers.submit(entry_for, *item)
+            store.put_file(item[0], item[1])
+            return entry.result()
+
         entries = list(pool.map(hash_and_upload, iter_artifact_files(local_dir)))
     manifest = manifest_of(entries)
     store.put_bytes(MANIFEST_NAME, manifest.to_json().encode(), content_type="application/json")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,6 +92,15 @@ def open_store(
     return S3Store(parsed, client, transfer or DEFAULT_TRANSFER)
 
 
+_SESSION_LOCK = threading.Lock()
+
+
+@cache
+def _session() -> boto3.session.Session:
+    """One boto3 session per process: a new one loads botocore's S3 model again (~0.1 s a store)."""
+    return boto3.session.Session()
+
+
 def make_s3_client(settings: S3Settings) -> Any:
     """A boto3 S3 client with retries and backoff for transient faults (throttling, 5xx, resets)."""
     custom = settings.endpoint_url is not None
@@ -105,14 +116,15 @@ def make_s3_client(settings: S3Settings) -> Any:
         request_checksum_calculation="when_required" if custom else "when_supported",
         response_checksum_validation="when_required" if custom else "when_supported",
     )
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=settings.endpoint_url,
-        aws_access_key_id=settings.access_key_id,
-        aws_secret_access_key=settings.secret_access_key,
-        aws_session_token=settings.session_token,
-        config=config,
-    )
+    with _SESSION_LOCK:  # clients are thread-safe; making them from one session is not
+        return _session().client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            aws_access_key_id=settings.access_key_id,
+            aws_secret_access_key=settings.secret_access_key,
+            aws_session_token=settings.session_token,
+            config=config,
+        )
 
 
 def _is_not_found(exc: ClientError) -> bool:
