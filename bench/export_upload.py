@@ -1,8 +1,9 @@
 """Export upload: our uploaders vs plain boto3 multipart and ``rclone copy``, same shards, same local S3.
 
 The S3 server is the test fixture's SeaweedFS on 127.0.0.1. The same folder of shards
-(1 GiB in four files; --quick: 64 MiB) goes up once per method per round into a fresh prefix;
-each method's best round counts. "Ours" is ``upload_with_manifest`` (checkpoints, adapters) and,
+(1 GiB in four files; --quick: 64 MiB) goes up once per method per round into a fresh bucket;
+each method's best round counts. Untimed: a warm-up upload per method, and before each upload a
+sync and a wait for the server to go idle; the order rotates each round. "Ours" is ``upload_with_manifest`` (checkpoints, adapters) and,
 when the export package is present, ``ExportUploader`` (what ``finetune export`` uses); both hash
 every byte for the manifest, which the raw tools do not.
 
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import psutil
 from botocore.config import Config
 
 from bench.common import write_result
@@ -107,14 +109,49 @@ def rclone_binary() -> str:
     return found
 
 
-def measure_uploads(server: S3Server, folder: Path, size: int, rounds: int) -> dict[str, dict[str, Any]]:
+def quiesce(pid: int, timeout_s: float = 60.0, window_s: float = 0.5, idle: float = 0.05) -> float:
+    """Wait until the S3 server (process ``pid`` and its children) uses under ``idle`` of a core over a
+    ``window_s`` window, or ``timeout_s`` passed. Returns the seconds waited.
+
+    SeaweedFS frees a deleted bucket's chunks in the background; an upload started meanwhile pays for
+    it (rclone's many 5 MiB parts cost the next method ~2 s of a 9 s upload).
+    """
+    proc, started = psutil.Process(pid), time.monotonic()
+
+    def cpu_s() -> float:
+        total = 0.0
+        for p in (proc, *proc.children(recursive=True)):
+            try:
+                times = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
+        return total
+
+    last = cpu_s()
+    while time.monotonic() - started < timeout_s:
+        time.sleep(window_s)  # the measurement window, not synchronisation
+        now = cpu_s()
+        if now - last < idle * window_s:
+            break
+        last = now
+    return time.monotonic() - started
+
+
+def measure_uploads(
+    server: S3Server, folder: Path, size: int, rounds: int, server_pid: int | None = None
+) -> dict[str, dict[str, Any]]:
     """Best MB/s of each method over ``rounds`` rounds (methods interleaved within a round, the order
     rotated each round, so no method always follows the same one)."""
     methods = uploaders(server)
     seconds: dict[str, list[float]] = {name: [] for name in methods}
-    warm = folder.parent / "warm-up"  # untimed: each method's first call (imports, the server's first
-    warm.mkdir(exist_ok=True)  # writes) is not in any round
-    shutil.copy(folder / "config.json", warm / "config.json")
+    # Untimed: each method's first call (imports, connections) and the server's first large writes
+    # (volume growth) are in no round. One shard and the config, linked, not copied.
+    warm = folder.parent / "warm-up"
+    warm.mkdir(exist_ok=True)
+    for source in (folder / "config.json", min(folder.glob("*.safetensors"))):
+        if not (warm / source.name).exists():
+            os.link(source, warm / source.name)
     for name, upload in methods.items():
         bucket = server.create_bucket()
         upload(warm, bucket, f"{name}-warm-up")
@@ -124,6 +161,8 @@ def measure_uploads(server: S3Server, folder: Path, size: int, rounds: int) -> d
         for name, upload in order[n % len(order) :] + order[: n % len(order)]:
             bucket = server.create_bucket()
             os.sync()  # untimed: no upload pays for the writeback of the last one's (or the shards') pages
+            if server_pid is not None:
+                quiesce(server_pid)  # nor for the server's clean-up of the last one's bucket
             try:
                 started = time.perf_counter()
                 upload(folder, bucket, f"{name}-{n}")
@@ -152,7 +191,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         weed = SeaweedS3(Path(work))
         server = weed.start()
         try:
-            methods = measure_uploads(server, Path(work) / "shards", size, rounds)
+            methods = measure_uploads(
+                server, Path(work) / "shards", size, rounds, weed.popen.pid if weed.popen else None
+            )
         finally:
             weed.stop()
     ours = {k: v for k, v in methods.items() if k.startswith("ours_")}
