@@ -97,6 +97,12 @@ def our_versions() -> dict[str, str]:
     return {p: md.version(p) for p in ("torch", "transformers", "peft", "trl", "datasets", "tokenizers")}
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU-seconds (user + system) a process has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
 # -- peak memory of a process tree ------------------------------------------------------------------
 def proc_kib(pid: int, name: str, key: str) -> int:
     """One ``key: N kB`` line of ``/proc/<pid>/<name>`` (0 once the process is gone)."""

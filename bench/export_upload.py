@@ -3,9 +3,10 @@
 The S3 server is the test fixture's SeaweedFS on 127.0.0.1. The same folder of shards
 (1 GiB in four files; --quick: 64 MiB) goes up once per method per round into a fresh bucket;
 each method's best round counts. Untimed: a warm-up upload per method, and before each upload a
-sync and a wait for the server to go idle; the order rotates each round. "Ours" is ``upload_with_manifest`` (checkpoints, adapters) and,
-when the export package is present, ``ExportUploader`` (what ``finetune export`` uses); both hash
-every byte for the manifest, which the raw tools do not.
+sync and a wait for the server to go idle; the order rotates each round. "Ours" is
+``upload_with_manifest`` (checkpoints, adapters) and, when the export package is present,
+``ExportUploader`` (what ``finetune export`` uses); both hash every byte for the manifest, which
+the raw tools do not.
 
 The merge part (``--merge``, on in full mode) runs ``finetune export`` on a LoRA adapter of a
 ~1.7 GB random Llama and reports its peak memory relative to the model's size.
@@ -29,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import psutil
 from botocore.config import Config
 
-from bench.common import write_result
+from bench.common import process_cpu_s, write_result
 from bench.merge_memory import measure_merge
 from finetune_trainer.storage import S3Settings, open_store, upload_with_manifest
 from tests.fixtures.s3 import S3Server, SeaweedS3
@@ -110,28 +110,17 @@ def rclone_binary() -> str:
 
 
 def quiesce(pid: int, timeout_s: float = 60.0, window_s: float = 0.5, idle: float = 0.05) -> float:
-    """Wait until the S3 server (process ``pid`` and its children) uses under ``idle`` of a core over a
-    ``window_s`` window, or ``timeout_s`` passed. Returns the seconds waited.
+    """Wait until the S3 server (process ``pid``: SeaweedFS runs as one process) uses under ``idle``
+    of a core over a ``window_s`` window, or ``timeout_s`` passed. Returns the seconds waited.
 
     SeaweedFS frees a deleted bucket's chunks in the background; an upload started meanwhile pays for
     it (rclone's many 5 MiB parts cost the next method ~2 s of a 9 s upload).
     """
-    proc, started = psutil.Process(pid), time.monotonic()
-
-    def cpu_s() -> float:
-        total = 0.0
-        for p in (proc, *proc.children(recursive=True)):
-            try:
-                times = p.cpu_times()
-            except psutil.NoSuchProcess:
-                continue
-            total += times.user + times.system
-        return total
-
-    last = cpu_s()
+    started = time.monotonic()
+    last = process_cpu_s(pid)
     while time.monotonic() - started < timeout_s:
         time.sleep(window_s)  # the measurement window, not synchronisation
-        now = cpu_s()
+        now = process_cpu_s(pid)
         if now - last < idle * window_s:
             break
         last = now

@@ -36,7 +36,7 @@ from typing import Any
 import psutil
 from kubernetes import client, watch
 
-from bench.common import REPO, operator_python, proc_kib, write_result
+from bench.common import REPO, operator_python, proc_kib, process_cpu_s, write_result
 from tests.e2e.operator_harness import TRAINER_IMAGE, Harness, _free_port
 from tests.fixtures.cluster import Cluster, start_cluster, stop_cluster, wait_until
 from tests.fixtures.s3 import S3Server, SeaweedS3
@@ -163,12 +163,6 @@ def operator_memory(pid: int) -> dict[str, float]:
         "pss_mb": round(full.pss / 1e6, 1),
         "peak_rss_mb": round(hwm * 1024 / 1e6, 1),
     }
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU-seconds (user + system) a process has used so far."""
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
 
 
 def apply_jobs(
