@@ -6,7 +6,12 @@ layer, packing without cross-contamination (ours; LLaMA-Factory's ``neat_packing
 runs in its own subprocess; a meter wrapped around ``Trainer.train`` counts real tokens (padding
 excluded) and times each step (the first step, with its warm-up, is left out of tokens/s).
 
-    python -m bench.train_throughput [--quick]
+The full plan runs each side twice in the order ours, peer, peer, ours (``--rounds``): on a shared
+machine one side's single run can land in a slow minute (10% between two identical runs here), and
+this order gives both sides the same share of early and late minutes. Each side reports the mean of
+its runs and the ratio of the means; every run is kept in the result.
+
+    python -m bench.train_throughput [--quick] [--rounds N]
     python -m bench.train_throughput --gpu [--plan]   # 1.5B Qwen2-shaped model, bf16, MFU
 
 Target (DESIGN.md): tokens/s ≥ 1.5× LLaMA-Factory; on an H100, ≥ 45% MFU for the 1.5B model.
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from dataclasses import asdict
@@ -39,6 +45,9 @@ TARGET_SPEEDUP = 1.5
 TARGET_MFU = 0.45
 # Dense bf16 peak FLOP/s by device name fragment (vendor datasheets, no sparsity).
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+# What each run keeps in a side's ``runs``.
+RUN_FIGURES = ("tokens_per_s", "tokens_per_cpu_s", "train_seconds", "train_loss")
 
 PLANS: dict[str, dict[str, Any]] = {
     "full": {"model_uri": "tiny://llama?layers=8&hidden=512&intermediate=1408&heads=8&kv_heads=4&vocab=8192",
@@ -99,6 +108,28 @@ def run_side(side: str, python: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def run_rounds(python: Path, cfg: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
+    """Each side ``rounds`` times, alternating which goes first (ours, peer, peer, ours, …); per side,
+    the first run's figures with tokens/s averaged over the runs, the peak memory over all of them and
+    every run's figures under ``runs``."""
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "llamafactory": []}
+    for i in range(rounds):
+        order = ("ours", "llamafactory") if i % 2 == 0 else ("llamafactory", "ours")
+        for side in order:
+            runs[side].append(run_side(side, python, cfg))
+    sides = {}
+    for side, results in runs.items():
+        mean = {k: round(statistics.fmean(r[k] for r in results), 1) for k in ("tokens_per_s", "tokens_per_cpu_s")}
+        peaks = {k: max(r["memory"][k] for r in results) for k in results[0]["memory"] if "peak" in k}
+        sides[side] = {
+            **results[0],
+            **mean,
+            "memory": {**results[0]["memory"], **peaks},
+            "runs": [{k: r[k] for k in RUN_FIGURES} for r in results],
+        }
+    return sides
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
@@ -106,7 +137,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mode.add_argument("--gpu", action="store_true", help="the 1.5B Qwen2-shaped model in bf16 on the GPU")
     parser.add_argument("--plan", action="store_true", help="print the plan and FLOPs, run nothing")
     parser.add_argument("--steps", type=int, help="override the plan's steps")
+    parser.add_argument("--rounds", type=int, help="runs per side, alternating the order (full: 2, else 1)")
     args = parser.parse_args(argv)
+    if args.rounds is not None and args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     name = "gpu" if args.gpu else "quick" if args.quick else "full"
     cfg = {**PLANS[name], "packing": True, "lora_rank": 8}
@@ -121,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"--gpu needs a known CUDA device (found {device}); see PEAK_BF16")
     python = peer_python()
     cfg |= {"data": str(alpaca_file(cfg["rows"])), "model_dir": str(tiny_model_folder(cfg["model_uri"]))}
-    sides = {s: run_side(s, python, cfg) for s in ("ours", "llamafactory")}
+    rounds = args.rounds or (2 if name == "full" else 1)
+    sides = run_rounds(python, cfg, rounds)
     for side in sides.values():
         side["mfu"] = round(side["tokens_per_s"] * flops["flops_per_token"] / peak, 4) if peak else None
     ours, peer = sides["ours"], sides["llamafactory"]
@@ -129,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "plan": name,
         "inputs": cfg,
+        "rounds": rounds,
         "device": device,
         **flops,
         "versions": {"ours": our_versions(), "llamafactory": peer_versions(python)},
@@ -143,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     path = write_result(NAME if name != "gpu" else f"{NAME}_gpu", result)
     mfu = f"; MFU {ours['mfu']:.1%} vs {peer['mfu']:.1%}" if peak else ""
     print(
-        f"train_throughput[{name}]: ours {ours['tokens_per_s']:.0f} tokens/s, LLaMA-Factory "
+        f"train_throughput[{name}, {rounds} round(s)]: ours {ours['tokens_per_s']:.0f} tokens/s, LLaMA-Factory "
         f"{peer['tokens_per_s']:.0f} -> {speedup:.2f}x (target {TARGET_SPEEDUP}x){mfu}; peak PSS "
         f"{ours['memory']['peak_pss_mib']:.0f} vs {peer['memory']['peak_pss_mib']:.0f} MiB; {path}"
     )

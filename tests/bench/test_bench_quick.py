@@ -45,13 +45,17 @@ def test_data_preprocess_quick_tokenises_identically_on_both_sides(tmp_path: Pat
 
 
 def test_train_throughput_quick_runs_the_same_steps_on_both_sides(tmp_path: Path) -> None:
-    result, _ = run_bench("train_throughput", tmp_path)
-    steps = result["inputs"]["steps"]
+    result, line = run_bench("train_throughput", tmp_path, "--rounds", "2", "--steps", "3")
+    assert result["rounds"] == 2 and "2 round(s)" in line
     for side in (result["ours"], result["llamafactory"]):
-        assert side["steps"] == steps
+        assert side["steps"] == result["inputs"]["steps"] == 3
         assert 0 < side["real_tokens"] <= side["padded_tokens"]
-        assert side["tokens_per_s"] > 0
-    assert result["speedup"] > 0
+        runs = [run["tokens_per_s"] for run in side["runs"]]
+        assert len(runs) == 2 and all(r > 0 for r in runs)
+        assert side["tokens_per_s"] == pytest.approx(sum(runs) / 2, abs=0.1)
+    assert result["speedup"] == pytest.approx(
+        result["ours"]["tokens_per_s"] / result["llamafactory"]["tokens_per_s"], abs=1e-3
+    )
 
 
 def test_train_throughput_gpu_plan_parses_on_cpu() -> None:
