@@ -215,7 +215,8 @@ def test_namespaced_rbac_monitors_peering_and_no_crds(tmp_path: Path) -> None:
         assert binding["subjects"][0] == {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
     # Nothing namespaced is granted cluster-wide: secrets stay readable only where the operator works.
     (cluster,) = find(docs, "ClusterRole")
-    assert rules_table(cluster) == {**CLUSTER_RULES, ("", "namespaces"): {"list", "watch"}}
+    # Namespaces are taken by name and resources scanned once: neither Namespaces nor CRDs are listed.
+    assert rules_table(cluster) == {("", "nodes"): {"list"}}
     peerings = find(docs, "KopfPeering", "ft-peers")
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
     assert all(p["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade" for p in peerings)

@@ -45,6 +45,9 @@ async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **k
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "finetune-operator"
     settings.posting.event_name_prefix = "finetune-"
+    # Watched namespaces are exact names (the chart's schema): a namespaced operator neither lists nor
+    # watches Namespaces (no cluster-wide grant for it) and scans the served resources once at start.
+    settings.scanning.disabled = bool(ours.namespaces)
     # Two replicas must never reconcile the same object: peering when a peering object is named.
     settings.peering.standalone = ours.peering_name is None
     if ours.peering_name:
