@@ -164,5 +164,3 @@ class DatasetStatus(ConditionedStatus):
     """The first samples, formatted with the chat template."""
     errors: list[RowError] = Field(default_factory=list, max_length=20)
     """The first malformed rows."""
-    prepared_uri: Uri | None = None
-    """Where the tokenized dataset is stored (prepare: true)."""

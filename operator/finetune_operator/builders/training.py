@@ -35,16 +35,13 @@ def config_map_name(name: str) -> str:
 
 
 def _document(obj: FineTuneJob | Dataset) -> dict[str, Any]:
-    """The object as the trainer reads it: apiVersion, kind, name/namespace, spec (and a Dataset's prepared URI)."""
-    doc: dict[str, Any] = {
+    """The object as the trainer reads it: apiVersion, kind, name/namespace and spec."""
+    return {
         "apiVersion": obj.api_version,
         "kind": obj.kind,
         "metadata": {"name": obj.metadata.name, "namespace": obj.metadata.namespace},
         "spec": obj.spec.to_wire(),
     }
-    if isinstance(obj, Dataset) and obj.status and obj.status.prepared_uri:
-        doc["status"] = {"preparedUri": obj.status.prepared_uri}
-    return doc
 
 
 def resolved_spec_yaml(job: FineTuneJob, datasets: list[Dataset]) -> str:

@@ -13,7 +13,7 @@ from . import reasons as r
 from .conditions import Verdict, set_conditions
 from .observe import JobObservation, parse_report
 
-REPORT_FIELDS = ("samples", "invalidSamples", "tokenStats", "preview", "errors", "preparedUri")
+REPORT_FIELDS = ("samples", "invalidSamples", "tokenStats", "preview", "errors")
 
 
 def dataset_status(
@@ -34,7 +34,7 @@ def dataset_status(
             verdict = Verdict(
                 DatasetPhase.INVALID, r.VALIDATION_FAILED, f"unreadable validation report: {exc}"
             )
-        for name in ("samples", "invalid_samples", "token_stats", "preview", "errors", "prepared_uri"):
+        for name in ("samples", "invalid_samples", "token_stats", "preview", "errors"):
             setattr(status, name, getattr(parsed, name))
     if report is not None:
         invalid = report.get("phase") == DatasetPhase.INVALID or (
