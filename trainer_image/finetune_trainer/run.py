@@ -56,11 +56,16 @@ def plan_run(files: Sequence[str], *, job_name: str | None = None, output: str |
 
 def execute(plan: RunPlan) -> Any:
     """Run the plan's stage; returns the recipe's outcome. Imports the training stack."""
+    from transformers import set_seed
+
     from .data import dataset_config
     from .train.recipes import recipe_for
     from .train.workspace import open_workspace
 
     recipe = recipe_for(plan.job.spec.method.stage)  # refuses a stage not available yet, before any work
+    # Seeded before any model is built: adapter and head initialisation come before the Trainer's
+    # own seeding, and two runs of one spec must train the same weights.
+    set_seed(plan.job.spec.training.seed)
     share = any(spec.prepare for _, spec, _ in plan.datasets)
     ws = open_workspace(plan.job.metadata.name, plan.job.spec, plan.output_uri, share_prepared=share)
     configs = [dataset_config(spec, name=name, weight=weight) for name, spec, weight in plan.datasets]
