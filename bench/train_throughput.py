@@ -119,7 +119,9 @@ def run_rounds(python: Path, cfg: dict[str, Any], rounds: int) -> dict[str, dict
             runs[side].append(run_side(side, python, cfg))
     sides = {}
     for side, results in runs.items():
-        mean = {k: round(statistics.fmean(r[k] for r in results), 1) for k in ("tokens_per_s", "tokens_per_cpu_s")}
+        mean = {
+            k: round(statistics.fmean(r[k] for r in results), 1) for k in ("tokens_per_s", "tokens_per_cpu_s")
+        }
         peaks = {k: max(r["memory"][k] for r in results) for k in results[0]["memory"] if "peak" in k}
         sides[side] = {
             **results[0],

@@ -12,6 +12,7 @@ bash hack/helm.sh --build
 
 echo "== lint"
 ruff check .
+ruff format --check .
 echo "== types"
 mypy crds/finetune_api operator/finetune_operator trainer_image/finetune_trainer
 echo "== generated CRDs (crds/ and the chart's copy) are current"

@@ -202,7 +202,9 @@ def test_s3_dataset_read_with_its_own_mounted_keys(
     (secret / "accessKeyId").write_text(s3_server.access_key)
     (secret / "secretAccessKey").write_text(s3_server.secret_key)
     monkeypatch.setenv("FINETUNE_DATASET_CREDENTIALS", json.dumps({"qa": str(secret)}))
-    s3_server.client().upload_file(str(write_rows(tmp_path / "qa.jsonl", ROWS)), s3_bucket, "private/qa.jsonl")
+    s3_server.client().upload_file(
+        str(write_rows(tmp_path / "qa.jsonl", ROWS)), s3_bucket, "private/qa.jsonl"
+    )
     spec = DatasetSpec(source=f"s3://{s3_bucket}/private/qa.jsonl", endpoint=s3_server.endpoint_url)
     cfg = dataset_config(spec, name="qa")
     assert cfg.credentials_dir == str(secret)

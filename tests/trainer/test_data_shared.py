@@ -29,13 +29,19 @@ def test_a_second_job_on_another_machine_reuses_the_prepared_rows(
     training = TrainingSpec(cutoff_len=128)
 
     first = prepare_dataset(
-        data, processing_config(training, Stage.SFT, cache_dir=tmp_path / "node-a"), data_tokenizer, shared=shared
+        data,
+        processing_config(training, Stage.SFT, cache_dir=tmp_path / "node-a"),
+        data_tokenizer,
+        shared=shared,
     )
     assert not first.cache_hit and first.fingerprint
     assert shared.exists(f"{first.fingerprint}/manifest.json")
 
     second = prepare_dataset(
-        data, processing_config(training, Stage.SFT, cache_dir=tmp_path / "node-b"), data_tokenizer, shared=shared
+        data,
+        processing_config(training, Stage.SFT, cache_dir=tmp_path / "node-b"),
+        data_tokenizer,
+        shared=shared,
     )
     assert second.shared_hit and second.fingerprint == first.fingerprint
     assert second.train["input_ids"] == first.train["input_ids"]

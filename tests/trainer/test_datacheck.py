@@ -26,11 +26,18 @@ def test_fit_drops_previews_then_errors_to_stay_under_the_limit() -> None:
     assert parsed["preview"] == [] and parsed["phase"] == "Invalid" and parsed["errors"]
 
 
-def test_valid_dataset_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_valid_dataset_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     log = tmp_path / "termination-log"
     monkeypatch.setenv("FINETUNE_TERMINATION_LOG", str(log))
     monkeypatch.chdir(ROOT)
-    assert main(["validate-data", "examples/dataset-alpaca.yaml", "--model", "tiny://llama", "--cutoff-len", "48"]) == 0
+    assert (
+        main(
+            ["validate-data", "examples/dataset-alpaca.yaml", "--model", "tiny://llama", "--cutoff-len", "48"]
+        )
+        == 0
+    )
     report = json.loads(log.read_text())
     assert report["phase"] == "Ready" and report["samples"] == 64 and report["invalidSamples"] == 0
     assert report["tokenStats"]["max"] >= report["tokenStats"]["p95"] >= report["tokenStats"]["min"] > 0

@@ -20,13 +20,18 @@ from finetune_trainer.evaluate.choice import (
 )
 
 
-def synthetic_rows(n: int, *, answer: str | None = None, subjects: tuple[str, ...] = ("math", "art")) -> list[dict[str, str]]:
+def synthetic_rows(
+    n: int, *, answer: str | None = None, subjects: tuple[str, ...] = ("math", "art")
+) -> list[dict[str, str]]:
     """``n`` questions; answers cycle A-D (balanced) unless ``answer`` fixes one letter."""
     return [
         {
             "subject": subjects[i % len(subjects)],
             "question": f"Question number {i}: which option is right?",
-            "A": f"alpha {i}", "B": f"bravo {i}", "C": f"charlie {i}", "D": f"delta {i}",
+            "A": f"alpha {i}",
+            "B": f"bravo {i}",
+            "C": f"charlie {i}",
+            "D": f"delta {i}",
             "answer": answer or CHOICES[(i // len(subjects)) % 4],
         }
         for i in range(n)
@@ -81,7 +86,9 @@ def test_prompt_renders_system_shots_and_question_with_the_chat_template(tiny) -
     assert text.startswith(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n")
     assert f"{format_question(questions[0], 'en')}<|im_end|>\n<|im_start|>assistant\nA<|im_end|>" in text
     assert text.endswith(f"{format_question(questions[2], 'en')}<|im_end|>\n<|im_start|>assistant\n")
-    assert format_question(questions[2], "en").endswith("\nA. alpha 2\nB. bravo 2\nC. charlie 2\nD. delta 2\nAnswer:")
+    assert format_question(questions[2], "en").endswith(
+        "\nA. alpha 2\nB. bravo 2\nC. charlie 2\nD. delta 2\nAnswer:"
+    )
     assert len(set(choice_token_ids(tokenizer))) == 4
 
 

@@ -23,9 +23,20 @@ def scores() -> tuple[SimilarityScores, BenchmarkScores]:
 
 def test_status_and_log_line_carry_every_score() -> None:
     status = evaluation_status(*scores())
-    assert status.benchmark is not None and status.benchmark.accuracy == 75.0 and status.benchmark.questions == 4
-    assert [(s.subject, s.accuracy, s.questions) for s in status.benchmark.subjects] == [("math", 50.0, 2), ("art", 100.0, 2)]
-    assert status.to_wire()["predict"] == {"samples": 3, "bleu4": 12.5, "rouge1": 40.0, "rouge2": 20.0, "rougeL": 35.0}
+    assert (
+        status.benchmark is not None and status.benchmark.accuracy == 75.0 and status.benchmark.questions == 4
+    )
+    assert [(s.subject, s.accuracy, s.questions) for s in status.benchmark.subjects] == [
+        ("math", 50.0, 2),
+        ("art", 100.0, 2),
+    ]
+    assert status.to_wire()["predict"] == {
+        "samples": 3,
+        "bleu4": 12.5,
+        "rouge1": 40.0,
+        "rouge2": 20.0,
+        "rougeL": 35.0,
+    }
     line = log_record(status, 7)
     assert line == {
         "step": 7, "predict_bleu-4": 12.5, "predict_rouge-1": 40.0, "predict_rouge-2": 20.0, "predict_rouge-l": 35.0,
@@ -50,7 +61,9 @@ def test_reporter_puts_scores_in_the_record_and_the_gauges() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool not installed: run hack/install-prometheus.sh")
-    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    check = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
     assert check.returncode == 0, check.stderr
 
 

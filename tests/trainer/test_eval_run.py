@@ -41,7 +41,12 @@ def mc_as_alpaca(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def dataset(name: str, source: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": API, "kind": "Dataset", "metadata": {"name": name}, "spec": {"source": source, **spec}}
+    return {
+        "apiVersion": API,
+        "kind": "Dataset",
+        "metadata": {"name": name},
+        "spec": {"source": source, **spec},
+    }
 
 
 @pytest.fixture
@@ -66,8 +71,15 @@ def job_file(tmp_path: Path, model_cache_dir: Path) -> Path:
         {"apiVersion": API, "kind": "FineTuneJob", "metadata": {"name": "evaljob"}, "spec": spec},
         dataset("train", write_jsonl(tmp_path / "train.jsonl", mc_as_alpaca(train)), format="alpaca"),
         dataset("predict", write_jsonl(tmp_path / "predict.jsonl", mc_as_alpaca(bench)), format="alpaca"),
-        dataset("bench", write_jsonl(tmp_path / "bench.jsonl", bench), format="text", columns={"text": "question"}),
-        dataset("unused", write_jsonl(tmp_path / "unused.jsonl", train), format="text", columns={"text": "question"}),
+        dataset(
+            "bench", write_jsonl(tmp_path / "bench.jsonl", bench), format="text", columns={"text": "question"}
+        ),
+        dataset(
+            "unused",
+            write_jsonl(tmp_path / "unused.jsonl", train),
+            format="text",
+            columns={"text": "question"},
+        ),
     ]
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
@@ -93,7 +105,7 @@ def test_trained_model_scores_and_results_land_everywhere(job_file: Path, tmp_pa
     assert {s.subject: s.accuracy for s in status.benchmark.subjects} == {"math": 100.0, "art": 100.0}
     assert status.predict.samples == 6
     assert status.predict.rouge1 == 100.0
-    assert status.predict.bleu4 == pytest.approx(100 * 64 ** -0.25, abs=1e-3)  # "C" vs "C"
+    assert status.predict.bleu4 == pytest.approx(100 * 64**-0.25, abs=1e-3)  # "C" vs "C"
     assert status.results == f"file://{out}/eval_results.json"
 
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
@@ -121,6 +133,10 @@ def test_untrained_letters_are_not_all_c_so_the_100_percent_is_learned(model_cac
     path = tiny_model_path("tiny://llama")
     torch.manual_seed(0)
     model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    plan = plan_benchmark(read_questions(synthetic_rows(24, answer="C", subjects=("math", "art")), field_name="f"), n_shot=1)
-    scores = score_benchmark(model, tokenizer, get_template("auto", tokenizer), plan, language="en", batch_size=8, cutoff_len=256)
+    plan = plan_benchmark(
+        read_questions(synthetic_rows(24, answer="C", subjects=("math", "art")), field_name="f"), n_shot=1
+    )
+    scores = score_benchmark(
+        model, tokenizer, get_template("auto", tokenizer), plan, language="en", batch_size=8, cutoff_len=256
+    )
     assert scores.accuracy < 100.0

@@ -37,7 +37,7 @@ def test_bleu_two_zero_precisions_are_smoothed_geometrically() -> None:
 
 def test_bleu_single_matching_character() -> None:
     # "C" vs "C": p1 = 1/1, p2..p4 = 0/1 → 1/2, 1/4, 1/8; BLEU = (1/64)^(1/4) ≈ 0.35355.
-    assert sentence_bleu4(["C"], ["C"]) == pytest.approx(64 ** -0.25)
+    assert sentence_bleu4(["C"], ["C"]) == pytest.approx(64**-0.25)
 
 
 def test_bleu_is_zero_without_unigram_overlap_or_hypothesis() -> None:

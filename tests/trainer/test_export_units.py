@@ -164,7 +164,10 @@ def test_run_metrics_keeps_the_last_of_each() -> None:
 
 
 def test_run_metrics_carry_the_evaluation_scores_into_the_card() -> None:
-    records = [{"step": 2, "loss": 2.0}, {"step": 2, "predict_bleu-4": 35.4, "benchmark_accuracy/overall": 100.0}]
+    records = [
+        {"step": 2, "loss": 2.0},
+        {"step": 2, "predict_bleu-4": 35.4, "benchmark_accuracy/overall": 100.0},
+    ]
     metrics = run_metrics(records)
     assert metrics["predict_bleu-4"] == 35.4 and metrics["benchmark_accuracy/overall"] == 100.0
 

@@ -40,8 +40,12 @@ def test_llama_pro_layer_ids_follow_each_stride() -> None:
 def test_llama_pro_adds_blocks_that_keep_the_function_and_alone_train() -> None:
     ids = random_tokens(load_model_and_tokenizer(spec(source="tiny://llama?layers=4")).model, length=12)
     base = load_model_and_tokenizer(spec(source="tiny://llama?layers=4")).model.eval()
-    loaded = load_model_and_tokenizer(spec(source="tiny://llama?layers=4", llamaProBlocks=2), finetuning=Finetuning.FREEZE)
-    method = MethodSpec.model_validate({"stage": "sft", "finetuning": "freeze", "freeze": {"trainableLayers": 1}})
+    loaded = load_model_and_tokenizer(
+        spec(source="tiny://llama?layers=4", llamaProBlocks=2), finetuning=Finetuning.FREEZE
+    )
+    method = MethodSpec.model_validate(
+        {"stage": "sft", "finetuning": "freeze", "freeze": {"trainableLayers": 1}}
+    )
     model = prepare_model_for_training(loaded.model, method, llama_pro_blocks=2)
 
     layers = model.model.layers
@@ -49,7 +53,9 @@ def test_llama_pro_adds_blocks_that_keep_the_function_and_alone_train() -> None:
     assert [layer.self_attn.layer_idx for layer in layers] == list(range(6))
     trainable_layers = {int(n.split(".")[2]) for n, p in model.named_parameters() if p.requires_grad}
     assert trainable_layers == {2, 5}  # the copies, not freeze.trainableLayers' last layer
-    assert all(p.requires_grad == (".layers.2." in n or ".layers.5." in n) for n, p in model.named_parameters())
+    assert all(
+        p.requires_grad == (".layers.2." in n or ".layers.5." in n) for n, p in model.named_parameters()
+    )
     assert not layers[5].mlp.down_proj.weight.any() and not layers[2].self_attn.o_proj.weight.any()
     torch.testing.assert_close(model.eval()(input_ids=ids).logits, base(input_ids=ids).logits)
     # Generation uses the KV cache, indexed by layer_idx: it must run on the expanded model.
@@ -81,7 +87,9 @@ def test_upcast_layernorm_keeps_norms_fp32_under_a_bf16_load() -> None:
     model = load_model_and_tokenizer(spec(upcastLayernorm=True), precision=Precision.BF16).model
     assert norm_dtypes(model) == {torch.float32}
     assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
-    assert len(norm_dtypes(model)) == 1 and sum(1 for m in model.modules() if is_norm(m)) == 5  # 2 per layer + final
+    assert (
+        len(norm_dtypes(model)) == 1 and sum(1 for m in model.modules() if is_norm(m)) == 5
+    )  # 2 per layer + final
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as the Trainer runs it
         loss = model(input_ids=random_tokens(model), labels=random_tokens(model)).loss
     assert torch.isfinite(loss)
@@ -89,7 +97,10 @@ def test_upcast_layernorm_keeps_norms_fp32_under_a_bf16_load() -> None:
 
 def test_upcast_lmhead_output_gives_fp32_logits() -> None:
     ids = torch.tensor([[1, 2, 3, 4]])
-    assert load_model_and_tokenizer(spec(), precision=Precision.BF16).model(input_ids=ids).logits.dtype == torch.bfloat16
+    assert (
+        load_model_and_tokenizer(spec(), precision=Precision.BF16).model(input_ids=ids).logits.dtype
+        == torch.bfloat16
+    )
     model = load_model_and_tokenizer(spec(upcastLmheadOutput=True), precision=Precision.BF16).model
     assert model(input_ids=ids).logits.dtype == torch.float32
 
@@ -175,7 +186,9 @@ def test_shift_attention_trains_with_padding_and_refuses_flash() -> None:
     mask[1, 10:] = 0  # right padding fills a whole group of row 1
     loss = model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
     loss.backward()
-    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert torch.isfinite(loss) and all(
+        torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None
+    )
     with pytest.raises(ValueError, match="shiftAttention: works with attention auto or sdpa"):
         load_model_and_tokenizer(spec(shiftAttention=True, attention="eager"))
     with pytest.raises(ValueError, match="multiple of 8"):

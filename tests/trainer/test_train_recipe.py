@@ -68,7 +68,12 @@ def write_job(
         spec["output"] = output
     ds = dataset or {"source": f"file://{DATA / 'alpaca.jsonl'}", "format": "alpaca"}
     docs = [
-        {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": path.stem}, "spec": spec},
+        {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": path.stem},
+            "spec": spec,
+        },
         {"apiVersion": "finetune.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": "data"}, "spec": ds},
     ]
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
@@ -85,13 +90,21 @@ CASES = {
     "sft-lora": {"method": {"finetuning": "lora", "lora": {"rank": 8}}},
     "sft-dora": {"method": {"finetuning": "lora", "lora": {"rank": 8, "useDora": True}}},
     "sft-full": {"method": {"finetuning": "full"}, "training": {"learningRate": 1e-3}},
-    "sft-freeze": {"method": {"finetuning": "freeze", "freeze": {"trainableLayers": 1}}, "training": {"learningRate": 1e-3}},
+    "sft-freeze": {
+        "method": {"finetuning": "freeze", "freeze": {"trainableLayers": 1}},
+        "training": {"learningRate": 1e-3},
+    },
     "sft-qlora": {
         "method": {"finetuning": "lora", "lora": {"rank": 8}},
         "model": {"source": "tiny://llama", "quantization": {"bits": 4}},
     },
     "pt-lora": {"stage": "pt", "dataset": TEXT},
-    "pt-full-packed": {"stage": "pt", "dataset": TEXT, "method": {"finetuning": "full"}, "training": {"packing": True, "learningRate": 1e-3}},
+    "pt-full-packed": {
+        "stage": "pt",
+        "dataset": TEXT,
+        "method": {"finetuning": "full"},
+        "training": {"packing": True, "learningRate": 1e-3},
+    },
     "sft-lora-packed": {"method": {"finetuning": "lora"}, "training": {"packing": True}},
 }
 
@@ -138,14 +151,22 @@ def test_the_seed_alone_decides_the_trained_weights(tmp_path: Path) -> None:
 
 def test_save_total_limit_is_enforced_in_storage(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    job = write_job(tmp_path / "limit.yaml", output={"uri": f"file://{out}"}, training={"saveSteps": 3, "saveTotalLimit": 2})
+    job = write_job(
+        tmp_path / "limit.yaml",
+        output={"uri": f"file://{out}"},
+        training={"saveSteps": 3, "saveTotalLimit": 2},
+    )
     execute(plan_run([str(job)]))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-9"]
 
 
-def test_bad_input_is_a_clear_error_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_a_clear_error_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad_rows = tmp_path / "bad.jsonl"
-    bad_rows.write_text('{"instruction": ["not", "text"], "output": "a"}\n{"instruction": "q", "output": {"x": 1}}\n')
+    bad_rows.write_text(
+        '{"instruction": ["not", "text"], "output": "a"}\n{"instruction": "q", "output": {"x": 1}}\n'
+    )
     job = write_job(tmp_path / "bad.yaml", dataset={"source": f"file://{bad_rows}", "format": "alpaca"})
     assert run_from_files([str(job)]) == 1
     err = capsys.readouterr().err
@@ -194,12 +215,16 @@ def test_killed_run_resumes_from_its_s3_checkpoint(
         training={"maxSteps": 60, "saveSteps": 5, "saveTotalLimit": 2},
         output={"uri": uri, "endpoint": s3_server.endpoint_url},
     )
-    store = open_store(uri, settings=S3Settings(s3_server.endpoint_url, s3_server.access_key, s3_server.secret_key))
+    store = open_store(
+        uri, settings=S3Settings(s3_server.endpoint_url, s3_server.access_key, s3_server.secret_key)
+    )
     cmd = [sys.executable, "-m", "finetune_trainer.run", str(job)]
     first = subprocess.Popen(cmd, env=s3_env, cwd=tmp_path, start_new_session=True)
     try:
         _wait_for(
-            lambda: store.exists("checkpoints/checkpoint-5/manifest.json"), timeout=240, what="the first checkpoint"
+            lambda: store.exists("checkpoints/checkpoint-5/manifest.json"),
+            timeout=240,
+            what="the first checkpoint",
         )
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # a preempted pod: no chance to clean up
@@ -211,12 +236,18 @@ def test_killed_run_resumes_from_its_s3_checkpoint(
     assert "resuming from" in second.stderr
     progress = read_json(store, "progress.json")
     assert progress["phase"] == "Succeeded" and progress["step"] == 60
-    log_steps = [json.loads(line)["step"] for line in store.get_bytes("trainer_log.jsonl").decode().splitlines()]
+    log_steps = [
+        json.loads(line)["step"] for line in store.get_bytes("trainer_log.jsonl").decode().splitlines()
+    ]
     assert log_steps[0] > 5, "the second run started over instead of resuming"
     assert store.exists("adapter/manifest.json")
-    kept = sorted(k for k in ("checkpoint-55", "checkpoint-60") if store.exists(f"checkpoints/{k}/manifest.json"))
+    kept = sorted(
+        k for k in ("checkpoint-55", "checkpoint-60") if store.exists(f"checkpoints/{k}/manifest.json")
+    )
     assert kept == ["checkpoint-55", "checkpoint-60"]
-    assert not store.exists("checkpoints/checkpoint-5/manifest.json"), "saveTotalLimit not enforced in the bucket"
+    assert not store.exists("checkpoints/checkpoint-5/manifest.json"), (
+        "saveTotalLimit not enforced in the bucket"
+    )
 
 
 @pytest.mark.parametrize("deepspeed", [None, "zero2"])

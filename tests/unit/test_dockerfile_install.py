@@ -167,4 +167,3 @@ def run(argv: list[str], cwd: Path, what: str, timeout: float = 300) -> subproce
         f"{what} failed: {' '.join(argv)}\n{result.stdout[-2000:]}{result.stderr[-4000:]}"
     )
     return result
-

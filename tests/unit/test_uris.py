@@ -21,7 +21,9 @@ def test_absolute_forms(uri: str, expected: str) -> None:
     assert local_path(uri) == Path(expected)
 
 
-def test_relative_forms_resolve_against_the_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_forms_resolve_against_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert local_path("file://runs/job") == tmp_path / "runs" / "job"
     assert local_path("file://./runs/job") == tmp_path / "runs" / "job"

@@ -17,6 +17,7 @@ from finetune_api.validation import validate_documents
 
 log = logging.getLogger("finetune")
 
+
 @dataclass
 class RunPlan:
     """A validated FineTuneJob, its Datasets in reference order, and where its outputs go."""
@@ -42,7 +43,10 @@ def plan_run(files: Sequence[str], *, job_name: str | None = None, output: str |
         names = ", ".join(j.metadata.name for j in jobs) or "none"
         raise ValueError(f"expected exactly one FineTuneJob (use --job NAME); found {names}")
     job = jobs[0]
-    found = {ds.metadata.name: ds for ds in (Dataset.model_validate(b) for b in bodies if b.get("kind") == "Dataset")}
+    found = {
+        ds.metadata.name: ds
+        for ds in (Dataset.model_validate(b) for b in bodies if b.get("kind") == "Dataset")
+    }
     datasets = [(ref.ref, found[ref.ref].spec, ref.weight) for ref in job.spec.datasets]
     evaluated = job.spec.evaluation.dataset_refs() if job.spec.evaluation else []
     missing = [name for name in evaluated if name not in found]
@@ -80,16 +84,28 @@ def execute(plan: RunPlan) -> Any:
 
 def run_from_files(files: Sequence[str], *, job_name: str | None = None, output: str | None = None) -> int:
     """The CLI's `run`: exit 0 on success, 1 with a clear message (no traceback) on bad input."""
-    logging.basicConfig(level=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         plan = plan_run(files, job_name=job_name, output=output)
-        log.info("running %s (stage %s) → %s", plan.job.metadata.name, plan.job.spec.method.stage.value, plan.output_uri)
+        log.info(
+            "running %s (stage %s) → %s",
+            plan.job.metadata.name,
+            plan.job.spec.method.stage.value,
+            plan.output_uri,
+        )
         outcome = execute(plan)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if outcome.adapter_uri:
-        log.info("done: %d steps, train loss %s, adapter at %s", outcome.global_step, outcome.train_loss, outcome.adapter_uri)
+        log.info(
+            "done: %d steps, train loss %s, adapter at %s",
+            outcome.global_step,
+            outcome.train_loss,
+            outcome.adapter_uri,
+        )
     return 0
 
 

@@ -54,7 +54,9 @@ def read_questions(rows: Iterable[Mapping[str, Any]], *, field_name: str) -> lis
     for n, row in enumerate(rows):
         missing = [c for c in REQUIRED_COLUMNS if row.get(c) is None]
         if missing:
-            raise ValueError(f"{field_name}: row {n}: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED_COLUMNS)})")
+            raise ValueError(
+                f"{field_name}: row {n}: missing column(s) {', '.join(missing)} (need {', '.join(REQUIRED_COLUMNS)})"
+            )
         answer = str(row["answer"]).strip().upper()
         if answer not in CHOICES:
             raise ValueError(f"{field_name}: row {n}: answer {row['answer']!r} is not one of A, B, C, D")
@@ -114,7 +116,9 @@ def plan_benchmark(
         plan.questions.extend(items)
     plan.questions = plan.questions[:max_samples] if max_samples else plan.questions
     if not plan.questions:
-        raise ValueError("evaluation.benchmark: no questions left to score (fewer rows per subject than nShot?)")
+        raise ValueError(
+            "evaluation.benchmark: no questions left to score (fewer rows per subject than nShot?)"
+        )
     return plan
 
 
@@ -132,7 +136,10 @@ def prompt_text(q: Question, shots: Sequence[Question], template: ChatTemplate, 
             {"role": "user", "content": format_question(shot, language)},
             {"role": "assistant", "content": shot.answer},
         ]
-    messages += [{"role": "user", "content": format_question(q, language)}, {"role": "assistant", "content": ""}]
+    messages += [
+        {"role": "user", "content": format_question(q, language)},
+        {"role": "assistant", "content": ""},
+    ]
     system = SYSTEM[language].format(subject=q.subject.replace("_", " "))
     pairs = template.render_pairs(messages, system, "")
     return "".join(a + b for a, b in pairs[:-1]) + pairs[-1][0]
@@ -202,7 +209,10 @@ def score_benchmark(
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         # Left padding puts every prompt's last token at the end: only that position's logits are needed.
         logits = model(
-            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device), logits_to_keep=1
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            logits_to_keep=1,
         ).logits[:, -1]
         picks = logits[:, letters.to(device)].argmax(dim=-1).tolist()
         for q, pick in zip(plan.questions[start : start + batch_size], picks, strict=True):

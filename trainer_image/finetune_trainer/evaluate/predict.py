@@ -44,7 +44,9 @@ def answer_stop_ids(template: ChatTemplate, tokenizer: Any) -> list[int]:
     return ids
 
 
-def generation_config(settings: GenerationSettings, *, pad_id: int, stop_ids: Sequence[int]) -> GenerationConfig:
+def generation_config(
+    settings: GenerationSettings, *, pad_id: int, stop_ids: Sequence[int]
+) -> GenerationConfig:
     """transformers' GenerationConfig of ``evaluation.predict.generation``.
 
     Sampling knobs are passed only when sampling: transformers warns about (and ignores) them otherwise.

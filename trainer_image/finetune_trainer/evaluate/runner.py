@@ -46,14 +46,18 @@ class EvaluationPlan:
     benchmark: BenchmarkPlan | None
 
 
-def evaluation_datasets(documents: Sequence[Mapping[str, Any]], evaluation: EvaluationSpec) -> dict[str, DatasetConfig]:
+def evaluation_datasets(
+    documents: Sequence[Mapping[str, Any]], evaluation: EvaluationSpec
+) -> dict[str, DatasetConfig]:
     """The Datasets the evaluation names, from the run's resolved documents.
 
     Raises:
         ValueError: a named Dataset is not among the documents.
     """
     found = {
-        str(doc["metadata"]["name"]): doc for doc in documents if doc.get("kind") == "Dataset" and "metadata" in doc
+        str(doc["metadata"]["name"]): doc
+        for doc in documents
+        if doc.get("kind") == "Dataset" and "metadata" in doc
     }
     configs = {}
     for name in evaluation.dataset_refs():
@@ -107,20 +111,27 @@ def prepare_evaluation(
     if evaluation is None:
         return None
     if job.distributed.deepspeed in ZERO3:
-        raise ValueError("spec.evaluation: runs on one process and cannot use a ZeRO-3 sharded model; drop it or use zero2")
+        raise ValueError(
+            "spec.evaluation: runs on one process and cannot use a ZeRO-3 sharded model; drop it or use zero2"
+        )
     configs = evaluation_datasets(documents, evaluation)
     predict_rows = _predict_rows(job, train, configs, processing, tokenizer) if evaluation.predict else None
     plan = None
     if (bench := evaluation.benchmark) is not None:
         questions = read_questions(
-            load_rows(configs[bench.dataset], cache_dir=processing.cache_dir), field_name="spec.evaluation.benchmark.dataset"
+            load_rows(configs[bench.dataset], cache_dir=processing.cache_dir),
+            field_name="spec.evaluation.benchmark.dataset",
         )
         shots = None
         if bench.shots_dataset:
             rows = load_rows(configs[bench.shots_dataset], cache_dir=processing.cache_dir)
             shots = read_questions(rows, field_name="spec.evaluation.benchmark.shotsDataset")
         plan = plan_benchmark(
-            questions, n_shot=bench.n_shot, subjects=bench.subjects, shots=shots, max_samples=bench.max_samples
+            questions,
+            n_shot=bench.n_shot,
+            subjects=bench.subjects,
+            shots=shots,
+            max_samples=bench.max_samples,
         )
     template = get_template(processing.template, tokenizer)
     return EvaluationPlan(evaluation, template, processing.cutoff_len, predict_rows, plan)

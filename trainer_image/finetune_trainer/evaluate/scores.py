@@ -25,7 +25,9 @@ from dataclasses import dataclass
 
 BLEU_ORDER = 4
 # One token per CJK ideograph / kana / hangul syllable; words and single punctuation marks otherwise.
-_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W_]+|[^\w\s]|_", re.UNICODE)
+_TOKEN = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W_]+|[^\w\s]|_", re.UNICODE
+)
 
 
 def ngrams(tokens: Sequence[str], n: int) -> Counter[tuple[str, ...]]:
@@ -120,7 +122,9 @@ def score_predictions(predictions: Sequence[str], labels: Sequence[str]) -> Simi
         ValueError: the two lists differ in length or are empty.
     """
     if len(predictions) != len(labels) or not predictions:
-        raise ValueError(f"need as many predictions as labels, at least one: {len(predictions)} vs {len(labels)}")
+        raise ValueError(
+            f"need as many predictions as labels, at least one: {len(predictions)} vs {len(labels)}"
+        )
     columns = list(zip(*(score_pair(p, r) for p, r in zip(predictions, labels, strict=True)), strict=True))
     means = [round(sum(column) / len(column), 4) for column in columns]
     return SimilarityScores(len(predictions), *means)

@@ -32,7 +32,9 @@ def check_kernel_knobs(spec: ModelSpec, *, cuda: bool) -> None:
         if not cuda:
             raise ValueError("model.ligerKernel: Liger's Triton kernels need a CUDA GPU")
         if not package_installed("liger_kernel"):
-            raise ValueError("model.ligerKernel: the liger-kernel package is not installed in the trainer image")
+            raise ValueError(
+                "model.ligerKernel: the liger-kernel package is not installed in the trainer image"
+            )
     if spec.unsloth:
         if not cuda:
             raise ValueError("model.unsloth: Unsloth needs a CUDA GPU")
@@ -40,7 +42,9 @@ def check_kernel_knobs(spec: ModelSpec, *, cuda: bool) -> None:
             raise ValueError("model.unsloth: the unsloth package is not installed in the trainer image")
         # Unsloth loads the model and builds the LoRA adapter itself, replacing this loader and
         # prepare_model_for_training; that path is not wired (nor testable without a GPU build of it).
-        raise ValueError("model.unsloth: Unsloth is installed but this trainer does not drive it yet; use ligerKernel")
+        raise ValueError(
+            "model.unsloth: Unsloth is installed but this trainer does not drive it yet; use ligerKernel"
+        )
 
 
 def apply_liger_kernel(model: PreTrainedModel) -> None:

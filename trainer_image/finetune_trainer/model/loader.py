@@ -122,11 +122,17 @@ def check_model_spec(spec: ModelSpec, *, finetuning: Finetuning) -> None:
             f"model.adapter: continuing an adapter needs method.finetuning: lora, not {finetuning.value}"
         )
     if not spec.use_fast_tokenizer:
-        raise ValueError("model.useFastTokenizer: false cannot be honoured: transformers 5 always loads the fast tokenizer")
+        raise ValueError(
+            "model.useFastTokenizer: false cannot be honoured: transformers 5 always loads the fast tokenizer"
+        )
     if spec.shift_attention and spec.attention not in (Attention.AUTO, Attention.SDPA):
-        raise ValueError(f"model.shiftAttention: works with attention auto or sdpa, not {spec.attention.value}")
+        raise ValueError(
+            f"model.shiftAttention: works with attention auto or sdpa, not {spec.attention.value}"
+        )
     if spec.llama_pro_blocks is not None and finetuning != Finetuning.FREEZE:
-        raise ValueError(f"model.llamaProBlocks: trains only the new blocks; needs method.finetuning: freeze, not {finetuning.value}")
+        raise ValueError(
+            f"model.llamaProBlocks: trains only the new blocks; needs method.finetuning: freeze, not {finetuning.value}"
+        )
 
 
 def bnb_config(quantization: QuantizationSpec, *, compute_dtype: torch.dtype) -> BitsAndBytesConfig:

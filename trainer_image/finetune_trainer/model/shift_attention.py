@@ -86,7 +86,11 @@ def shift_short_attention_forward(
     kwargs.pop("is_causal", None)
     out, _ = sdpa_attention_forward(_NoGqa(module), q, k, v, mask, is_causal=False, **kwargs)
     # out: (batch·groups, group, heads, dim) → (batch, heads, seq, dim), unshift, → (batch, seq, heads, dim)
-    out = out.reshape(batch, seq // group, group, heads, dim).permute(0, 3, 1, 2, 4).reshape(batch, heads, seq, dim)
+    out = (
+        out.reshape(batch, seq // group, group, heads, dim)
+        .permute(0, 3, 1, 2, 4)
+        .reshape(batch, heads, seq, dim)
+    )
     return _shift_heads(out, -shift).transpose(1, 2).contiguous(), None
 
 

@@ -43,7 +43,10 @@ class TrainingMetrics:
         )  # fmt: skip
         # Labelled, so they expose nothing until an evaluation has run.
         self.eval_predict_score = Gauge(
-            "finetune_eval_predict_score", "Prediction score after training, in percent.", ["metric"], registry=r
+            "finetune_eval_predict_score",
+            "Prediction score after training, in percent.",
+            ["metric"],
+            registry=r,
         )
         self.eval_benchmark_accuracy = Gauge(
             "finetune_eval_benchmark_accuracy", "Multiple-choice accuracy after training, in percent.", ["subject"],
