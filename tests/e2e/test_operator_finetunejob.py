@@ -109,16 +109,24 @@ def test_invalid_dataset_reports_rows_and_fails_its_jobs(
     assert h.job("waits-train") is None
 
 
-def test_oomkilled_trainer_fails_with_out_of_memory(h: Harness, s3_server: S3Server, s3_bucket: str) -> None:
+def test_oomkilled_trainer_fails_at_once_with_out_of_memory(
+    h: Harness, s3_server: S3Server, s3_bucket: str
+) -> None:
     h.s3_secret(s3_server)
     h.ready_dataset()
-    h.create("finetunejobs", "oom", job_spec(s3_bucket, s3_server), "FineTuneJob")
+    # Retries left, but a retry would run the same batches into the same memory limit.
+    h.create("finetunejobs", "oom", job_spec(s3_bucket, s3_server, backoffLimit=2), "FineTuneJob")
+    h.running_pods("oom-train")
 
     h.finish_job_pods("oom-train", 137, reason="OOMKilled")
 
     failed = h.wait_phase("finetunejobs", "oom", "Failed")
     assert h.condition(failed, "Failed")["reason"] == "OutOfMemory"
     assert "8Gi" in h.condition(failed, "Failed")["message"]
+    job = h.job("oom-train")
+    assert job is not None and job.status.failed == 1
+    assert [c.reason for c in job.status.conditions if c.type == "Failed"] == ["PodFailurePolicy"]
+    assert len(h.pods("oom-train")) == 1  # no retry pod
 
 
 def test_retry_after_a_pod_failure_counts_a_restart(h: Harness, s3_server: S3Server, s3_bucket: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -204,6 +205,52 @@ def _wait_for(predicate: Any, *, timeout: float, what: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare for a PID namespace")
+def test_sigterm_ends_a_run_promptly_even_as_pid_1(tmp_path: Path) -> None:
+    # In a pod the trainer is PID 1, and PID 1 gets no signal it does not handle: without the
+    # handler a deleted pod would wait out its grace period and die by SIGKILL (137).
+    out = tmp_path / "out"
+    job = write_job(
+        tmp_path / "term.yaml",
+        training={"maxSteps": 100_000, "saveSteps": 1000},
+        output={"uri": f"file://{out}"},
+    )
+    cmd = ["unshare", "--pid", "--fork", sys.executable, "-m", "finetune_trainer.cli", "run", str(job)]
+    env = {**os.environ, "FINETUNE_METRICS_PORT": "0"}
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(
+            lambda: (
+                (out / "progress.json").is_file()
+                and json.loads((out / "progress.json").read_text()).get("step", 0) >= 2
+            ),
+            timeout=240,
+            what="training to be under way",
+        )
+        (trainer,) = _children(proc.pid)  # PID 1 of the new namespace
+        (nspid,) = [
+            line
+            for line in Path(f"/proc/{trainer}/status").read_text().splitlines()
+            if line.startswith("NSpid:")
+        ]
+        assert nspid.split()[-1] == "1", nspid  # its PID in the innermost namespace
+        os.kill(trainer, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err[-3000:]
+    assert "terminated by SIGTERM" in err and "Traceback" not in err
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["phase"] == "Failed" and "SIGTERM" in progress["message"]
+    assert progress["step"] < 100_000
 
 
 def test_killed_run_resumes_from_its_s3_checkpoint(

@@ -77,6 +77,11 @@ def test_single_gpu_job_runs_finetune_run_hardened_and_owned() -> None:
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
     assert {"/tmp", "/var/cache/finetune", "/etc/finetune", "/dev/shm"} <= mounts
     assert job["spec"]["backoffLimit"] == 2
+    # Preemption and eviction are retried for free; a kill at the memory limit (137) fails at once.
+    assert job["spec"]["podFailurePolicy"]["rules"] == [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        {"action": "FailJob", "onExitCodes": {"containerName": c["name"], "operator": "In", "values": [137]}},
+    ]
     assert job["spec"]["suspend"] is False
     assert "completionMode" not in job["spec"]
     assert "ttlSecondsAfterFinished" not in job["spec"]  # the operator expires children itself

@@ -15,6 +15,8 @@ from finetune_api.explain import explain
 from finetune_api.manifests import load_documents
 from finetune_api.validation import validate_documents
 
+from .terminate import guarded
+
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Schema + CEL + cross-object checks on every document; exit 1 listing every error."""
@@ -133,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    return guarded(lambda: int(args.func(args)))  # SIGTERM ends it with 143, also as a pod's PID 1
 
 
 if __name__ == "__main__":

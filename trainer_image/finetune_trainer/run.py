@@ -15,6 +15,8 @@ from finetune_api.manifests import load_documents
 from finetune_api.resources import Dataset, FineTuneJob
 from finetune_api.validation import validate_documents
 
+from .terminate import Terminated, guarded
+
 log = logging.getLogger("finetune")
 
 
@@ -75,6 +77,9 @@ def execute(plan: RunPlan) -> Any:
     configs = [dataset_config(spec, name=name, weight=weight) for name, spec, weight in plan.datasets]
     try:
         outcome = recipe(ws, configs, plan.documents)
+    except Terminated as exc:  # the pod is going away: no waiting for uploads in flight
+        ws.close(failed=str(exc), wait_for_uploads=False)
+        raise
     except BaseException as exc:
         ws.close(failed=f"{type(exc).__name__}: {exc}")
         raise
@@ -110,4 +115,4 @@ def run_from_files(files: Sequence[str], *, job_name: str | None = None, output:
 
 
 if __name__ == "__main__":
-    sys.exit(run_from_files(sys.argv[1:]))
+    sys.exit(guarded(lambda: run_from_files(sys.argv[1:])))

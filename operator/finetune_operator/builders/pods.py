@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from finetune_api.common import OutputSpec, ResourcesSpec
 
@@ -22,6 +22,11 @@ from .common import (
 
 RUN_AS: int = 1000
 CONFIG_VOLUME = "config"
+
+# The one container of every pod the operator creates (trainer, validator, exporter).
+CONTAINER: Final = "trainer"
+# A container killed by SIGKILL: in a pod nobody deleted, the kernel's OOM killer at the memory limit.
+SIGKILL_EXIT: Final = 137
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ def _container(work: Workload, settings: Settings) -> dict[str, Any]:
     if work.resources.gpus_per_node:
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})  # NCCL and dataloaders need more than 64Mi
     container: dict[str, Any] = {
-        "name": "trainer",
+        "name": CONTAINER,
         "image": work.image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": work.command,

@@ -117,10 +117,14 @@ class Workspace:
                 self.store.put_file(LOSS_PLOT, plot)
         return str(self.store.uri.join(ADAPTER))
 
-    def close(self, *, failed: str | None = None) -> None:
-        """Finish uploads and write the final progress record (Succeeded, or Failed with the error)."""
+    def close(self, *, failed: str | None = None, wait_for_uploads: bool = True) -> None:
+        """Finish uploads and write the final progress record (Succeeded, or Failed with the error).
+
+        ``wait_for_uploads=False`` (the process is being terminated) leaves uploads in flight
+        unfinished: a checkpoint without its manifest is never resumed from.
+        """
         error = failed
-        if self.uploader is not None:
+        if self.uploader is not None and wait_for_uploads:
             try:
                 self.uploader.close()
             except Exception as exc:  # an upload that failed must not hide the training error

@@ -1,0 +1,55 @@
+"""SIGTERM ends a run at once, also as PID 1 in a container.
+
+The kernel delivers no signal to a PID namespace's first process unless that process handles it,
+and the trainer, validator and exporter run as PID 1 in their pods (the image's ENTRYPOINT). Without
+a handler, a pod being deleted (suspend, preemption, eviction, a drained node) would sit out its
+whole grace period and then be SIGKILLed: exit code 137, which the training Job reads as a kill at
+the memory limit and fails on at once.
+
+With :func:`guarded`, SIGTERM raises :class:`Terminated` in the main thread: the run writes its
+final progress record (Failed, "terminated by SIGTERM") without waiting for uploads in flight — an
+unfinished checkpoint has no manifest and is never resumed from — and the process exits 143.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Final
+
+EXIT_CODE: Final = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
+MESSAGE: Final = "terminated by SIGTERM (the pod is being deleted); a retry resumes from the last checkpoint"
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. A BaseException, so that no ``except Exception`` on the way swallows it."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    raise Terminated(MESSAGE)
+
+
+def guarded(main: Callable[[], int]) -> int:
+    """Run ``main`` with SIGTERM raising :class:`Terminated`; on it, exit the process with :data:`EXIT_CODE`.
+
+    The exit is immediate (``os._exit`` after flushing): interpreter shutdown would otherwise join
+    the upload threads still in flight. Off the main thread (where no handler can be set), ``main``
+    runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return main()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return main()
+    except Terminated as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_CODE)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
