@@ -21,6 +21,12 @@ from finetune_operator.settings import Settings, settings_from_env
 
 SETTINGS = Settings(trainer_image="registry.example/trainer:1")
 
+# Every Job: preemption and eviction are retried for free; a kill at the memory limit (137) fails at once.
+POD_FAILURE_RULES = [
+    {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [137]}},
+]
+
 
 def make_job(**spec: Any) -> FineTuneJob:
     base: dict[str, Any] = {
@@ -78,10 +84,7 @@ def test_single_gpu_job_runs_finetune_run_hardened_and_owned() -> None:
     assert {"/tmp", "/var/cache/finetune", "/etc/finetune", "/dev/shm"} <= mounts
     assert job["spec"]["backoffLimit"] == 2
     # Preemption and eviction are retried for free; a kill at the memory limit (137) fails at once.
-    assert job["spec"]["podFailurePolicy"]["rules"] == [
-        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-        {"action": "FailJob", "onExitCodes": {"containerName": c["name"], "operator": "In", "values": [137]}},
-    ]
+    assert job["spec"]["podFailurePolicy"]["rules"] == POD_FAILURE_RULES
     assert job["spec"]["suspend"] is False
     assert "completionMode" not in job["spec"]
     assert "ttlSecondsAfterFinished" not in job["spec"]  # the operator expires children itself
@@ -172,6 +175,7 @@ def test_validation_job_per_generation_reports_by_termination_message() -> None:
     assert "nvidia.com/gpu" not in container(job)["resources"]["limits"]
     assert env_of(job)["FINETUNE_S3_CREDENTIALS_DIR"] == "/var/run/secrets/finetune/dataset"
     assert yaml.safe_load(cm["data"]["dataset.yaml"])["spec"]["source"] == "s3://d/x.jsonl"
+    assert job["spec"]["podFailurePolicy"]["rules"] == POD_FAILURE_RULES
 
 
 def test_export_job_carries_the_export_and_its_finetunejob() -> None:
@@ -184,6 +188,8 @@ def test_export_job_carries_the_export_and_its_finetunejob() -> None:
     assert [d["kind"] for d in docs] == ["Export", "FineTuneJob"]
     assert container(job)["command"] == ["finetune", "export", "/etc/finetune/export.yaml"]
     assert env_of(job)["FINETUNE_OUTPUT_URI"] == "s3://b/merged"
+    assert job["spec"]["podFailurePolicy"]["rules"] == POD_FAILURE_RULES
+    assert job["spec"]["backoffLimit"] == 2
 
 
 def test_export_job_carries_the_gptq_calibration_dataset() -> None:

@@ -25,8 +25,24 @@ CONFIG_VOLUME = "config"
 
 # The one container of every pod the operator creates (trainer, validator, exporter).
 CONTAINER: Final = "trainer"
-# A container killed by SIGKILL: in a pod nobody deleted, the kernel's OOM killer at the memory limit.
+# A container killed by SIGKILL: the kernel's OOM killer at the memory limit (our processes exit
+# 143 on SIGTERM, also as PID 1, so a deleted pod does not end this way).
 SIGKILL_EXIT: Final = 137
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """The ``podFailurePolicy`` of every Job the operator creates: retry disruptions for free, never OOM."""
+    return {
+        "rules": [
+            # Preempted or evicted pods do not use up the retries: the next pod resumes from a checkpoint.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            # Killed at its memory limit: a retry would run the same work into the same limit.
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [SIGKILL_EXIT]},
+            },
+        ]
+    }
 
 
 @dataclass(frozen=True)

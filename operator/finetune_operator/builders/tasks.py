@@ -11,7 +11,7 @@ from finetune_api.resources import Dataset, Export, FineTuneJob
 
 from ..settings import Settings
 from .common import CONFIG_DIR, Owner, PodParts, child_name, plain_env
-from .pods import Workload, output_parts, pod_template, source_credentials
+from .pods import Workload, output_parts, pod_failure_policy, pod_template, source_credentials
 
 VALIDATOR: Final = "validator"
 EXPORTER: Final = "exporter"
@@ -44,7 +44,7 @@ def _job(name: str, owner: Owner, component: str, template: dict[str, Any], **sp
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": owner.metadata(name, component),
-        "spec": {"template": template, **spec},
+        "spec": {"template": template, "podFailurePolicy": pod_failure_policy(), **spec},
     }
 
 

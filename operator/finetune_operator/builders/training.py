@@ -12,7 +12,7 @@ from finetune_api.resources import Dataset, FineTuneJob
 
 from ..settings import Settings
 from .common import CONFIG_DIR, QUEUE_LABEL, Owner, PodParts, child_name, plain_env
-from .pods import CONTAINER, SIGKILL_EXIT, Workload, output_parts, pod_template, source_credentials
+from .pods import Workload, output_parts, pod_failure_policy, pod_template, source_credentials
 
 JOB_FILE: Final = "job.yaml"
 MASTER_PORT: Final = 29500
@@ -140,17 +140,7 @@ def build_trainer_job(
         "completions": nodes,
         "parallelism": nodes,
         "suspend": spec.suspend or bool(spec.queue_name),
-        "podFailurePolicy": {
-            "rules": [
-                # Preempted or evicted pods do not use up the retries: the next pod resumes from a checkpoint.
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-                # Killed at its memory limit: a retry would run the same batches into the same limit.
-                {
-                    "action": "FailJob",
-                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [SIGKILL_EXIT]},
-                },
-            ]
-        },
+        "podFailurePolicy": pod_failure_policy(),
         "template": template,
     }
     if spec.active_deadline_seconds:
