@@ -89,7 +89,34 @@ def test_streamed_merge_equals_peft_merge_and_save(
 ) -> None:
     adapter = make_adapter(tmp_path / "adapter", CASES[case])
     streamed, model_based = both_ways(tmp_path, adapter, dtype)
+    changed = assert_same_shards(streamed, model_based, dtype)
+    assert changed >= 2, "the adapter must change some weights for the comparison to mean anything"
 
+
+def make_full_model(folder: Path) -> Path:
+    """A full fine-tune's output: the whole model (every weight moved), saved with the tokenizer."""
+    path = tiny_model_path(BASE)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(path).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_a_whole_model_streams_like_the_model_based_export(
+    model_cache_dir: Path, tmp_path: Path, dtype: str
+) -> None:
+    full = make_full_model(tmp_path / "full")  # given as the Export's adapter, as a FineTuneJob's output is
+    streamed, model_based = both_ways(tmp_path, full, dtype)
+    assert assert_same_shards(streamed, model_based, dtype) >= 10  # the trained weights, not the base's
+
+
+def assert_same_shards(streamed: Path, model_based: Path, dtype: str) -> int:
+    """Same shard files, index, names, dtypes and bytes; returns how many tensors differ from the base."""
     names = sorted(p.name for p in model_based.iterdir())
     assert names == sorted(p.name for p in streamed.iterdir()) and len(names) >= 3  # shards + index
     index = "model.safetensors.index.json"
@@ -107,7 +134,7 @@ def test_streamed_merge_equals_peft_merge_and_save(
             changed += not torch.equal(want[key].float(), base[key].float())
         # Same header layout as safetensors' own writer: the files are byte for byte the same.
         assert (streamed / name).read_bytes() == (model_based / name).read_bytes(), name
-    assert changed >= 2, "the adapter must change some weights for the comparison to mean anything"
+    return changed
 
 
 def test_fan_in_fan_out_merges_the_transposed_weight() -> None:
@@ -160,6 +187,26 @@ def test_layerwise_logits_match_the_loaded_adapter_model(
     assert (want[0] - want_base[0]).abs().max() > 0.01, "the adapter must change the logits"
     assert all(p.is_meta for n, p in skeleton.named_parameters() if "lora" not in n and "modules_to_save" not in n
                and "embed_tokens.base_layer" not in n), "weights must be dropped after the forward"  # fmt: skip
+
+
+def test_export_command_streams_a_whole_model_and_checks_itself(
+    model_cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FINETUNE_TERMINATION_LOG", str(tmp_path / "termination-log"))
+    full = make_full_model(tmp_path / "full")
+    export_plan(tmp_path, full, dtype="bfloat16")
+    with caplog.at_level(logging.INFO):
+        assert export_from_files([str(tmp_path / "export.yaml")]) == 0
+    assert "merge path: streaming" in caplog.text and "re-sharded the whole full model" in caplog.text
+    check = json.loads((tmp_path / "termination-log").read_text())["verification"]
+    assert check["passed"] and "adapterEffect" not in check
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    trained = AutoModelForCausalLM.from_pretrained(full, dtype=torch.bfloat16)
+    assert exported.dtype == torch.bfloat16
+    for (name, got), (_, want) in zip(
+        exported.state_dict().items(), trained.state_dict().items(), strict=True
+    ):
+        assert torch.equal(got, want), name
 
 
 def test_export_command_streams_and_checks_itself(

@@ -1,9 +1,10 @@
 """The streaming export path: when it applies, and the export it runs (merge, write, self-check).
 
-It applies to a LoRA/DoRA adapter on a base stored as safetensors, exported unquantized as
-safetensors. Everything else (a .bin base or export, quantization, a full fine-tune, a reward
-model's head, PiSSA-style or other LoRA variants, remote code, checkpoints whose names the model
-renames at load) takes the model-based merge of :mod:`.merge`; :func:`streaming_plan` says why.
+It applies to a LoRA/DoRA adapter on a base stored as safetensors, and to a whole model (a full or
+freeze fine-tune: re-sharded and cast tensor by tensor), exported unquantized as safetensors.
+Everything else (a .bin base or export, quantization, a reward model's head, PiSSA-style or other
+LoRA variants, remote code, checkpoints whose names the model renames at load) takes the
+model-based merge of :mod:`.merge`; :func:`streaming_plan` says why.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ class StreamPlan:
     """What the streaming path reads: the base's files by tensor name, the adapter, the model's skeleton."""
 
     files: dict[str, Path]
-    adapter: LoraAdapter
+    adapter: LoraAdapter | None
+    """``None`` for a whole model (nothing to merge)."""
     skeleton: PreTrainedModel
 
 
@@ -60,31 +62,33 @@ def streaming_plan(plan: ExportPlan, source: SourceModel) -> StreamPlan | str:
         return "a quantized export (the quantizer loads the merged model)"
     if spec.format != "safetensors":
         return f"format {spec.format}"
-    if source.adapter_path is None:
-        return "no adapter (a full model export)"
     if source.trust_remote_code:
         return "trustRemoteCode (remote modelling code may rename weights at load)"
-    reason = unsupported_reason(_adapter_config(source.adapter_path))
-    if reason is not None:
-        return f"adapter: {reason}"
+    if source.adapter_path is not None:
+        reason = unsupported_reason(_adapter_config(source.adapter_path))
+        if reason is not None:
+            return f"adapter: {reason}"
     folder = local_weights(source.base_path, source.revision)
     files = weight_files(folder) if folder is not None else {}
     if not files:
         return "the base has no safetensors weights"
-    try:
-        adapter = read_adapter(source.adapter_path)
-    except ValueError as exc:
-        return f"adapter: {exc}"
+    adapter = None
+    if source.adapter_path is not None:
+        try:
+            adapter = read_adapter(source.adapter_path)
+        except ValueError as exc:
+            return f"adapter: {exc}"
     skeleton = meta_model(source.auto_class, source.config, source.dtype)
     if get_model_conversion_mapping(skeleton, add_legacy=False):
         return f"{source.config.model_type} checkpoints are renamed at load"
     if len(source.tokenizer) > skeleton.get_input_embeddings().weight.shape[0]:
         return "the tokenizer needs larger embeddings (resized at load)"
-    names = savable_state_dict(skeleton)
-    strays = [f"{m}.weight" for m in adapter.modules if f"{m}.weight" not in names]
-    strays += [n for n in adapter.replacements if n not in names]
-    if strays:
-        return f"adapter tensors for weights the export does not write: {strays[:3]}"
+    if adapter is not None:
+        names = savable_state_dict(skeleton)
+        strays = [f"{m}.weight" for m in adapter.modules if f"{m}.weight" not in names]
+        strays += [n for n in adapter.replacements if n not in names]
+        if strays:
+            return f"adapter tensors for weights the export does not write: {strays[:3]}"
     missing = missing_tensors(skeleton, files, adapter)
     if missing:
         return f"the base files lack {missing[:3]}"
@@ -106,15 +110,20 @@ def _generation_config(source: SourceModel) -> GenerationConfig | None:
 def export_streamed(
     plan: ExportPlan, source: SourceModel, stream: StreamPlan, out: Path, uploader: ExportUploader
 ) -> LogitsCheck:
-    """Reference logits (the adapter model, block by block), the streaming merge into ``out``, then the
-    export's logits read back block by block from the written shards: one block in memory at a time."""
-    assert source.adapter_path is not None
+    """Reference logits (the adapter model, or the whole model, block by block), the streaming merge
+    into ``out``, then the export's logits read back block by block from the written shards: one
+    block in memory at a time."""
     inputs = probe_inputs(source.tokenizer)
-    adapted = with_adapter(meta_model(source.auto_class, source.config, source.dtype), source.adapter_path)
-    reference = layerwise_logits(adapted, stream.files, source.dtype, inputs)
-    with adapted.disable_adapter():
-        base = layerwise_logits(adapted, stream.files, source.dtype, inputs)
-    del adapted
+    model = meta_model(source.auto_class, source.config, source.dtype)
+    base = None
+    if source.adapter_path is None:
+        reference = layerwise_logits(model, stream.files, source.dtype, inputs)
+    else:
+        model = with_adapter(model, source.adapter_path)
+        reference = layerwise_logits(model, stream.files, source.dtype, inputs)
+        with model.disable_adapter():
+            base = layerwise_logits(model, stream.files, source.dtype, inputs)
+    del model
     skeleton = stream.skeleton
     generation = _generation_config(source)
     if generation is not None:
@@ -124,7 +133,10 @@ def export_streamed(
         skeleton, stream.files, stream.adapter, out,
         max_shard_size=parse_size(plan.spec.shard_size), on_file=uploader.submit,
     )  # fmt: skip
-    log.info("merged the %s adapter into the base tensor by tensor (%s)", source.method, source.dtype)
+    if stream.adapter is None:
+        log.info("re-sharded the whole %s model tensor by tensor (%s)", source.method, source.dtype)
+    else:
+        log.info("merged the %s adapter into the base tensor by tensor (%s)", source.method, source.dtype)
     # The check reads the export back as a user would: its own config.json and shards.
     exported_config = AutoConfig.from_pretrained(out)
     reloaded = meta_model(source.auto_class, exported_config, source.dtype)

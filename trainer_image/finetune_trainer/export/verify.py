@@ -1,6 +1,7 @@
-"""The export's self-check: logits of the reloaded export against the adapter model on fixed inputs.
+"""The export's self-check: logits of the reloaded export against the source model (the base with
+its adapter, or the whole fine-tuned model) on fixed inputs.
 
-The rule is ``max |exported - adapter| <= rtol * max |adapter|`` over every logit of every probe.
+The rule is ``max |exported - source| <= rtol * max |source|`` over every logit of every probe.
 ``rtol`` follows what the export does to the weights: one rounding to fp32/fp16/bf16 when merging,
 much more for a 8-bit or 4-bit quantization (then the check catches broken weights, not noise).
 """
@@ -56,7 +57,7 @@ class LogitsCheck:
     def describe(self) -> str:
         """One line for the log and the error message."""
         return (
-            f"max |exported - adapter| logit = {self.max_abs_diff:.3g}, tolerance {self.tolerance:.3g} "
+            f"max |exported - source| logit = {self.max_abs_diff:.3g}, tolerance {self.tolerance:.3g} "
             f"(rtol {self.rtol:g} x max |logit| {self.reference_max:.3g}) over {self.probes} probes; "
             f"top-1 agreement {self.top1_agreement:.1%}"
             + (
