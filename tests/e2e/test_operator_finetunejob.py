@@ -11,6 +11,7 @@ import urllib.request
 from typing import Any
 
 import pytest
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.operator_harness import Harness, OperatorProcess, job_spec, operator_fixture  # noqa: F401 (fixture)
@@ -145,6 +146,40 @@ def test_retry_after_a_pod_failure_counts_a_restart(h: Harness, s3_server: S3Ser
 
     done = h.wait_phase("finetunejobs", "retry", "Succeeded")
     assert done["status"]["restarts"] == 1
+
+
+def test_an_evicted_or_deleted_trainer_pod_is_replaced_not_failed(
+    h: Harness, s3_server: S3Server, s3_bucket: str
+) -> None:
+    h.s3_secret(s3_server)
+    h.ready_dataset()
+    h.create("finetunejobs", "moved", job_spec(s3_bucket, s3_server, backoffLimit=1), "FineTuneJob")
+    seen: set[str] = set()
+
+    def replaced() -> client.V1Pod:
+        def fresh() -> client.V1Pod | None:
+            return next((p for p in h.running_pods("moved-train") if p.metadata.name not in seen), None)
+
+        pod = wait_until(fresh, 60, "a new trainer pod")
+        seen.add(pod.metadata.name)
+        return pod
+
+    # Eviction (a drained node, node pressure): the pod gets DisruptionTarget and costs no retry.
+    first = replaced()
+    h.core.create_namespaced_pod_eviction(
+        first.metadata.name, h.ns, {"metadata": {"name": first.metadata.name, "namespace": h.ns}}
+    )
+    replaced()
+    job = h.job("moved-train")
+    assert job is not None and not job.status.failed
+    # A deleted pod (kubectl delete pod): the trainer exits 143 on SIGTERM, a failure that is retried,
+    # not the 137 of a kill at the memory limit that would fail the job at once.
+    second = next(p for p in h.running_pods("moved-train") if p.metadata.name in seen)
+    h.core.delete_namespaced_pod(second.metadata.name, h.ns)
+    replaced()
+    wait_until(lambda: (h.job("moved-train").status.failed or 0) == 1 or None, 30, "one failure counted")
+    status = h.wait_phase("finetunejobs", "moved", "Running")["status"]
+    assert status.get("restarts") == 1
 
 
 def test_suspend_deletes_pods_and_resume_brings_them_back(
