@@ -22,7 +22,7 @@ from types import FrameType
 from typing import Final
 
 EXIT_CODE: Final = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
-MESSAGE: Final = "terminated by SIGTERM (the pod is being deleted); a retry resumes from the last checkpoint"
+MESSAGE: Final = "terminated by SIGTERM; the next run resumes from the last complete checkpoint"
 
 
 class Terminated(BaseException):

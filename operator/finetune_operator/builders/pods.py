@@ -31,7 +31,8 @@ SIGKILL_EXIT: Final = 137
 
 
 def pod_failure_policy() -> dict[str, Any]:
-    """The ``podFailurePolicy`` of every Job the operator creates: retry disruptions for free, never OOM."""
+    """The ``podFailurePolicy`` of every Job the operator creates: disruptions retried for free, a kill
+    at the memory limit never retried."""
     return {
         "rules": [
             # Preempted or evicted pods do not use up the retries: the next pod resumes from a checkpoint.
