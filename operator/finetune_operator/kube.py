@@ -205,6 +205,21 @@ class Kube:
         patch = {"spec": {"suspend": suspend}}
         self._request("PATCH", path, resource=resource, verb="patch", body=patch, content_type=MERGE_PATCH)
 
+    def evict_pod(self, namespace: str, name: str) -> None:
+        """Evict a pod (the API server marks it ``DisruptionTarget``: its Job does not count it as failed);
+        one already gone is fine."""
+        path = f"/api/v1/namespaces/{quote(namespace)}/pods/{quote(name)}/eviction"
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+        }
+        try:
+            self._request("POST", path, resource="pods/eviction", verb="create", body=body)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
     def delete(self, kind: str, namespace: str, name: str) -> None:
         """Delete a child and (background) its dependents; absent is fine."""
         path, resource = self._child_path(kind, namespace, name)

@@ -20,7 +20,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.fixtures.cluster import Cluster, wait_until
-from tests.fixtures.fake_kubelet import EXIT_CODE_ANNOTATION, MESSAGE_ANNOTATION, REASON_ANNOTATION
+from tests.fixtures.fake_kubelet import (
+    EXIT_CODE_ANNOTATION,
+    MESSAGE_ANNOTATION,
+    REASON_ANNOTATION,
+    RUN_SECONDS_ANNOTATION,
+)
 from tests.fixtures.s3 import S3Server
 
 GROUP, VERSION = "finetune.dev", "v1alpha1"
@@ -180,12 +185,19 @@ class Harness:
     ) -> None:
         """End the running pods of ``job_name`` as the trainer would: exit code, reason, termination message."""
         for pod in self.running_pods(job_name):
-            annotations = {EXIT_CODE_ANNOTATION: str(exit_code), MESSAGE_ANNOTATION: message}
-            if reason:
-                annotations[REASON_ANNOTATION] = reason
-            self.core.patch_namespaced_pod(
-                pod.metadata.name, self.ns, {"metadata": {"annotations": annotations}}
-            )
+            self.finish_pod(pod.metadata.name, exit_code, reason, message)
+
+    def finish_pod(
+        self, name: str, exit_code: int, reason: str | None = None, message: str = "", run_seconds: float = 0
+    ) -> None:
+        """End one pod as the trainer would, once it has run ``run_seconds`` (the fake kubelet reads these
+        annotations)."""
+        annotations = {EXIT_CODE_ANNOTATION: str(exit_code), MESSAGE_ANNOTATION: message}
+        if reason:
+            annotations[REASON_ANNOTATION] = reason
+        if run_seconds:
+            annotations[RUN_SECONDS_ANNOTATION] = str(run_seconds)
+        self.core.patch_namespaced_pod(name, self.ns, {"metadata": {"annotations": annotations}})
 
     def events_for(self, name: str) -> list[client.CoreV1Event]:
         return [e for e in self.core.list_namespaced_event(self.ns).items if e.involved_object.name == name]

@@ -43,6 +43,35 @@ def test_multi_node_job_is_indexed_with_a_headless_service(
     h.wait_phase("finetunejobs", "wide", "Running")
 
 
+def test_a_failed_node_restarts_the_whole_group(h: Harness, s3_server: S3Server, s3_bucket: str) -> None:
+    h.s3_secret(s3_server)
+    h.ready_dataset()
+    spec = job_spec(s3_bucket, s3_server, resources={"nodes": 2, "gpusPerNode": 1}, backoffLimit=2)
+    h.create("finetunejobs", "group", spec, "FineTuneJob")
+    first = {p.metadata.annotations["batch.kubernetes.io/job-completion-index"]: p.metadata.name
+             for p in h.running_pods("group-train", count=2)}  # fmt: skip
+
+    # Node 1 fails after training a while (the peers to restart are the pods created before the
+    # failure, to the second: a failure within a pod's first second restarts only that pod).
+    h.finish_pod(first["1"], 1, message="NCCL error: unhandled system error", run_seconds=2)
+
+    def new_group() -> list[Any] | None:
+        running = [
+            p for p in h.pods("group-train")
+            if p.status.phase == "Running" and not p.metadata.deletion_timestamp and p.metadata.name not in first.values()
+        ]  # fmt: skip
+        return running if len(running) == 2 else None
+
+    # Node 0 did not fail, but its rendezvous is gone: it is evicted and both indexes start afresh.
+    fresh = wait_until(new_group, 60, "both indexes replaced")
+    assert {p.metadata.annotations["batch.kubernetes.io/job-completion-index"] for p in fresh} == {"0", "1"}
+    assert all(p.metadata.name != first["0"] for p in h.pods("group-train") if p.status.phase == "Running")
+    job = h.batch.read_namespaced_job("group-train", h.ns)
+    assert job.status.failed == 1  # the real failure; the evicted peer cost no retry
+    status = h.wait_phase("finetunejobs", "group", "Running")["status"]
+    assert status.get("restarts") == 1
+
+
 def test_kueue_queue_label_created_suspended_until_admitted(
     h: Harness, s3_server: S3Server, s3_bucket: str
 ) -> None:

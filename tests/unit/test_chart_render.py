@@ -112,6 +112,7 @@ NAMESPACED_RULES = {
     ("", "configmaps"): {"create", "get", "patch", "delete"},
     ("", "services"): {"create", "get", "patch", "delete"},
     ("", "pods"): {"list"},
+    ("", "pods/eviction"): {"create"},
     ("", "secrets"): {"get"},
     ("", "events"): {"create"},
 }

@@ -20,7 +20,7 @@ from finetune_operator.status.finetunejob import (
     dataset_gate,
     job_verdict,
 )
-from finetune_operator.status.observe import PodRead, observe_job, pod_read
+from finetune_operator.status.observe import PodRead, observe_job, pod_read, stale_peers
 from finetune_operator.status.tasks import dataset_status, export_gate, export_status, export_verdict
 
 NOW = "2030-01-01T00:00:00Z"
@@ -89,6 +89,45 @@ def test_running_suspended_kueue_image_pull_and_restart() -> None:
     assert job_verdict(spec(), pull).reason == r.IMAGE_PULL_FAILED
     retry = observe_job(k8s_job(active=1, failed=1), [pod("Failed", {"exitCode": 1, "reason": "Error"})])
     assert job_verdict(spec(backoffLimit=2), retry).reason == r.RESTARTING
+
+
+def member(
+    name: str, phase: str, created: str, *, finished: str | None = None, exit_code: int = 1, **extra: Any
+) -> dict[str, Any]:
+    """A pod of a multi-node group: created at ``created``, its container ended at ``finished``."""
+    end = {"exitCode": exit_code, "finishedAt": finished} if finished else None
+    p = pod(phase, end)
+    p["metadata"] = {"name": name, "creationTimestamp": created, **extra.pop("metadata", {})}
+    p["status"].update(extra)
+    return p
+
+
+def test_stale_peers_are_the_group_members_from_before_a_failure() -> None:
+    t0, t1, t2 = "2030-01-01T00:00:00Z", "2030-01-01T00:05:00Z", "2030-01-01T00:05:01Z"
+    job = k8s_job(active=2, failed=1)
+    failed = member("w-1-a", "Failed", t0, finished=t1)
+    peer = member("w-0-a", "Running", t0)
+    replacement = member("w-1-b", "Pending", t2)
+    assert stale_peers(job, [failed, peer, replacement], group=2) == ["w-0-a"]
+    assert observe_job(job, [failed, peer, replacement], group=2).stale_peers == ["w-0-a"]
+    # Nothing to restart: a single pod, no failure yet, or a finished or suspended Job.
+    assert stale_peers(job, [failed, peer, replacement], group=1) == []
+    assert stale_peers(job, [peer, replacement], group=2) == []
+    assert stale_peers(k8s_job([{"type": "Failed"}]), [failed, peer], group=2) == []
+    assert stale_peers(k8s_job(suspend=True), [failed, peer], group=2) == []
+    # A peer already going (evicted, deleted) is left alone.
+    going = member("w-0-a", "Running", t0, metadata={"deletionTimestamp": t2})
+    assert stale_peers(job, [failed, going, replacement], group=2) == []
+    # The evicted peer's own end (DisruptionTarget) restarts nothing: no eviction of the new group.
+    evicted = member(
+        "w-0-a", "Failed", t0, finished=t2, exit_code=143,
+        conditions=[{"type": "DisruptionTarget", "status": "True"}],
+    )  # fmt: skip
+    new_peer = member("w-0-b", "Running", "2030-01-01T00:05:02Z")
+    new_worker = member("w-1-b", "Running", t2)
+    assert stale_peers(job, [evicted, new_peer, new_worker], group=2) == []
+    # The failed pod's replacement, created within the same second, is never evicted.
+    assert stale_peers(job, [failed, member("w-1-b", "Running", t1)], group=2) == []
 
 
 def test_pod_read_follows_what_the_jobs_counts_cannot_say() -> None:

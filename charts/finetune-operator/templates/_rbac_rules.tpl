@@ -31,6 +31,11 @@ The same rules go into a ClusterRole (cluster-wide) or into a Role per watched n
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# A multi-node job's group restart: the peers of a failed pod are evicted (never deleted), so
+# they restart with its replacement without using up retries.
+- apiGroups: [""]
+  resources: [pods/eviction]
+  verbs: [create]
 # The output credentials named by spec.output.credentialsSecret, to read the progress record.
 - apiGroups: [""]
   resources: [secrets]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -38,6 +39,8 @@ FTJ: Final = ("finetune.dev", "v1alpha1", "finetunejobs")
 PLURAL: Final = "finetunejobs"
 GPU_MEMORY_LABEL: Final = "finetune.dev/gpu-memory-gib"
 OWNED_JOBS: Final = {MANAGED_BY: MANAGER, OWNER_KIND: "finetunejob"}
+
+log = logging.getLogger(__name__)
 
 
 def _datasets(job: FineTuneJob) -> dict[str, Dataset]:
@@ -140,7 +143,15 @@ def _converge(
         kube.set_job_suspend(ns, trainer["metadata"]["name"], job.spec.suspend)
         trainer["spec"]["suspend"] = job.spec.suspend
     selector = {**owner.labels(TRAINER), "batch.kubernetes.io/job-name": trainer["metadata"]["name"]}
-    return trainer, observe(kube, trainer, selector, job.spec.resources.nodes)
+    obs = observe(kube, trainer, selector, job.spec.resources.nodes)
+    # One pod of a multi-node group failed: the others restart with its replacement (evicted, they
+    # cost no retry), into a fresh rendezvous from the last checkpoint.
+    for pod in obs.stale_peers:
+        log.info(
+            "%s/%s: a peer failed; evicting %s so the group restarts together", ns, job.metadata.name, pod
+        )
+        kube.evict_pod(ns, pod)
+    return trainer, obs
 
 
 def read_job_progress(kube: Kube, namespace: str, output: OutputSpec | None) -> dict[str, Any] | None:

@@ -139,11 +139,12 @@ def write_status(
 def observe(
     kube: Kube, job: Mapping[str, Any], selector: dict[str, str], pods_wanted: int = 1
 ) -> JobObservation:
-    """A Job and as much of its pods (``selector``) as its state calls for (:func:`pod_read`)."""
+    """A Job and as much of its pods (``selector``) as its state calls for (:func:`pod_read`);
+    ``pods_wanted`` pods run as one group."""
     read = pod_read(job, pods_wanted)
     namespace = job["metadata"]["namespace"]
     pods = [] if read is PodRead.NONE else kube.list_pods(namespace, selector, cached=read is PodRead.CACHED)
-    return observe_job(job, pods)
+    return observe_job(job, pods, group=pods_wanted)
 
 
 def _phase_reason(status: ApiModel | None) -> tuple[str, str] | None:

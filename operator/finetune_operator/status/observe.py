@@ -54,6 +54,8 @@ class JobObservation:
     image_pull: tuple[str, str] | None = None
     failures: list[ContainerEnd] = field(default_factory=list)
     successes: list[ContainerEnd] = field(default_factory=list)
+    stale_peers: list[str] = field(default_factory=list)
+    """Pods of a multi-pod group still running from before a peer failed (:func:`stale_peers`)."""
 
     def last_message(self) -> str:
         """The termination message of the last pod that ended (the trainer's summary), or ''."""
@@ -124,8 +126,50 @@ def pod_read(job: Mapping[str, Any], pods_wanted: int = 1) -> PodRead:
     return PodRead.CACHED
 
 
-def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> JobObservation:
-    """Read a Job and its pods into a :class:`JobObservation` (without pods, its ready count is the running one)."""
+def _disrupted(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conditions)
+
+
+def stale_peers(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], group: int) -> list[str]:
+    """Pods of a ``group``-pod Job (one per node, one torchrun rendezvous) created before a peer failed.
+
+    They cannot go on: their collectives wait on a rank that is gone, and the peer's replacement
+    cannot join a rendezvous that already completed. Evicted, they restart with it from the last
+    checkpoint. A failure of a pod with ``DisruptionTarget`` (preempted or evicted: such an eviction
+    included) starts nothing, and a finished or suspended Job has no group to restart.
+    """
+    if (
+        group < 2
+        or _condition(job, "Complete")
+        or _condition(job, "Failed")
+        or (job.get("spec") or {}).get("suspend")
+    ):
+        return []
+    failed_at = [
+        end.finished_at
+        for pod in pods
+        if (pod.get("status") or {}).get("phase") == "Failed" and not _disrupted(pod)
+        for end in _container_ends(pod)
+        if end.exit_code != 0 and end.finished_at
+    ]
+    if not failed_at:
+        return []
+    latest = max(failed_at)
+    return [
+        pod["metadata"]["name"]
+        for pod in pods
+        if (pod.get("status") or {}).get("phase") in ("Pending", "Running")
+        and not pod["metadata"].get("deletionTimestamp")
+        # Strictly before, to the second: the failed pod's replacement is never among them.
+        and (pod["metadata"].get("creationTimestamp") or latest) < latest
+    ]
+
+
+def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], group: int = 1) -> JobObservation:
+    """Read a Job and its pods into a :class:`JobObservation` (without pods, its ready count is the running one).
+
+    ``group``: how many pods run as one (a multi-node Job), for :func:`stale_peers`."""
     status = job.get("status") or {}
     failed = _condition(job, "Failed")
     complete = _condition(job, "Complete")
@@ -155,6 +199,7 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> Jo
         image_pull=image_pull,
         failures=sorted(failures, key=lambda e: e.finished_at or ""),
         successes=successes,
+        stale_peers=stale_peers(job, pods, group),
     )
 
 
