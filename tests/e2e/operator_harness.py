@@ -145,6 +145,12 @@ class Harness:
         self.core.create_namespaced_secret(self.ns, {"metadata": {"name": name}, "stringData": data})
         return name
 
+    def submit_job(self, name: str, s3: S3Server, bucket: str, **over: Any) -> None:
+        """A FineTuneJob ``name`` (:func:`job_spec` with ``over``), with its output Secret and a Ready Dataset."""
+        self.s3_secret(s3)
+        self.ready_dataset()
+        self.create("finetunejobs", name, job_spec(bucket, s3, **over), "FineTuneJob")
+
     def ready_dataset(self, name: str = "chats", **spec: Any) -> dict[str, Any]:
         """A Dataset whose validation Job reports it Ready (the test plays `finetune validate-data`)."""
         self.create(

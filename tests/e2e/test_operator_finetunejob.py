@@ -113,10 +113,8 @@ def test_invalid_dataset_reports_rows_and_fails_its_jobs(
 def test_oomkilled_trainer_fails_at_once_with_out_of_memory(
     h: Harness, s3_server: S3Server, s3_bucket: str
 ) -> None:
-    h.s3_secret(s3_server)
-    h.ready_dataset()
     # Retries left, but a retry would run the same batches into the same memory limit.
-    h.create("finetunejobs", "oom", job_spec(s3_bucket, s3_server, backoffLimit=2), "FineTuneJob")
+    h.submit_job("oom", s3_server, s3_bucket, backoffLimit=2)
     h.running_pods("oom-train")
 
     h.finish_job_pods("oom-train", 137, reason="OOMKilled")
@@ -151,9 +149,7 @@ def test_retry_after_a_pod_failure_counts_a_restart(h: Harness, s3_server: S3Ser
 def test_an_evicted_or_deleted_trainer_pod_is_replaced_not_failed(
     h: Harness, s3_server: S3Server, s3_bucket: str
 ) -> None:
-    h.s3_secret(s3_server)
-    h.ready_dataset()
-    h.create("finetunejobs", "moved", job_spec(s3_bucket, s3_server, backoffLimit=1), "FineTuneJob")
+    h.submit_job("moved", s3_server, s3_bucket, backoffLimit=1)
     seen: set[str] = set()
 
     def replaced() -> client.V1Pod:

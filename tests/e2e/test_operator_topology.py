@@ -44,10 +44,7 @@ def test_multi_node_job_is_indexed_with_a_headless_service(
 
 
 def test_a_failed_node_restarts_the_whole_group(h: Harness, s3_server: S3Server, s3_bucket: str) -> None:
-    h.s3_secret(s3_server)
-    h.ready_dataset()
-    spec = job_spec(s3_bucket, s3_server, resources={"nodes": 2, "gpusPerNode": 1}, backoffLimit=2)
-    h.create("finetunejobs", "group", spec, "FineTuneJob")
+    h.submit_job("group", s3_server, s3_bucket, resources={"nodes": 2, "gpusPerNode": 1}, backoffLimit=2)
     first = {p.metadata.annotations["batch.kubernetes.io/job-completion-index"]: p.metadata.name
              for p in h.running_pods("group-train", count=2)}  # fmt: skip
 
