@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# Creates (once) and activates-by-symlink the project's virtual environment.
-# The environment lives outside the checkout, keyed by the dependency list, so that
-# CI's fresh clone reuses it and pip's cache makes a rebuild cheap.
+# Creates the checkout's virtual environment, .venv: its own small venv with this checkout's code
+# (editable), layered on a shared one outside the checkout that holds the dependencies, keyed by their
+# list, so that CI's fresh clone reuses it (hack/venv.sh). Prints the shared environment's path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${FT_CACHE:-$HOME/.cache/finetune-operator}"
 # shellcheck source=hack/venv.sh
 source hack/venv.sh
-ensure_venv venv operator,trainer,dev
-ln -sfn "$venv" .venv
+ensure_venv venv operator,trainer,dev .venv
 # One venv per dependency set accumulates (several GB each): drop the ones no run has used for
 # FT_VENV_KEEP_DAYS days (the Dockerfile install test's and the operator benchmark's venvs too). Never the current one.
 keep_days="${FT_VENV_KEEP_DAYS:-3}"
