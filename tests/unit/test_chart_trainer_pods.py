@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from finetune_operator.settings import Settings, settings_from_env
@@ -63,3 +64,16 @@ def test_helm_show_readme_prints_the_charts_readme() -> None:
         "helm install",
     ):
         assert topic in readme, topic
+
+
+def test_the_docs_use_one_release_name() -> None:
+    repo = CHART.parents[1]
+    docs = [repo / "README.md", CHART / "README.md", *sorted((repo / "docs").glob("*.md"))]
+    named = {
+        (doc.name, match.group(1))
+        for doc in docs
+        for match in re.finditer(
+            r"helm (?:install|upgrade|uninstall|test) ([a-z0-9][-a-z0-9]*)", doc.read_text()
+        )
+    }
+    assert named and {name for _, name in named} == {"finetune-operator"}, sorted(named)
