@@ -1,20 +1,23 @@
 """README.md's "Quick start on a cluster", run as written: its bash blocks (between the quickstart markers) run
 in order against the test control plane and the test S3 server, through the variables the README documents.
 
-Blocks marked `quickstart:skip` are not run (image builds need a container engine; the development loop runs in
-the foreground). The chart's operator pod only "runs" on the fake kubelet, so the test stands in for it: the
-same `python -m finetune_operator`, with the chart's ServiceAccount token. The `quickstart:watch` block (apply,
-then `kubectl get ftj -w`) runs in the background while the test plays the pods (validation report, progress,
-success); its output must show the job Running, then Succeeded.
+Blocks marked `quickstart:skip` (the image builds: no container engine here) are not run. The chart's operator
+pod only "runs" on the fake kubelet, so the `quickstart:operator` block (the development loop, `python -m
+finetune_operator`) stands in for it, in the background with the chart's ServiceAccount token. The
+`quickstart:watch` block (apply, then `kubectl get ftj -w`) runs in the background while the test plays the pods
+(validation report, progress in the bucket, success); its output must show the job Preparing, Running with its
+loss, then Succeeded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +26,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.e2e.operator_harness import REPO, Harness, OperatorProcess
+from tests.e2e.operator_harness import REPO, Harness, _free_port
 from tests.e2e.test_cluster_examples import READY, examples_bucket  # noqa: F401 (fixture)
 from tests.fixtures.cluster import Cluster, wait_until
 from tests.fixtures.s3 import S3Server
@@ -37,7 +40,7 @@ _BLOCK = re.compile(r"(?:<!-- quickstart:(?P<mark>\w+) -->\n)?```bash\n(?P<code>
 
 @dataclass(frozen=True)
 class Block:
-    """One fenced bash block of the quick start; ``mark`` is skip, watch or empty."""
+    """One fenced bash block of the quick start; ``mark`` is skip, operator, watch or empty."""
 
     code: str
     mark: str = ""
@@ -53,7 +56,7 @@ def quickstart_blocks(readme: str) -> list[Block]:
 def test_quickstart_blocks_are_found_with_their_marks() -> None:
     blocks = quickstart_blocks((REPO / "README.md").read_text())
     assert [b.mark for b in blocks][-1] == "watch"
-    assert {b.mark for b in blocks} <= {"", "skip", "watch"}
+    assert {b.mark for b in blocks} <= {"", "skip", "operator", "watch"}
     assert any("helm install" in b.code for b in blocks if not b.mark)
 
 
@@ -96,6 +99,39 @@ def _watch_shows(output: Path, phase: str, *columns: str) -> bool:
     return any(row[:2] == ["sft-lora", phase] and set(columns) <= set(row) for row in rows)
 
 
+def _background(block: Block, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(["bash", "-euo", "pipefail", "-c", block.code], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None and process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def _start_operator(
+    block: Block, env: dict[str, str], kubeconfig: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """The README's development loop, as the chart's ServiceAccount and on free ports (other e2e runs share
+    this machine); returns once kopf's liveness endpoint answers."""
+    metrics, health = _free_port(), _free_port()
+    env = {**env, "KUBECONFIG": str(kubeconfig), "FINETUNE_RESYNC_SECONDS": "1", "FINETUNE_METRICS_PORT": str(metrics),
+           "FINETUNE_LIVENESS_ENDPOINT": f"http://127.0.0.1:{health}/healthz"}  # fmt: skip
+    process = _background(block, env, log)
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the README's operator command exited:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", health), timeout=0.5):
+            return True
+        return False
+
+    wait_until(listening, 60, "the operator's liveness endpoint", interval_s=0.2)
+    return process
+
+
 def test_readme_cluster_quick_start_runs_as_written(
     cluster: Cluster, namespace: str, s3_server: S3Server, examples_bucket: str, tmp_path: Path  # noqa: F811
 ) -> None:  # fmt: skip
@@ -113,21 +149,16 @@ def test_readme_cluster_quick_start_runs_as_written(
         listed = s3_server.client().list_objects_v2(Bucket=examples_bucket, Prefix="data/")
         assert "data/alpaca.jsonl" in {o["Key"] for o in listed.get("Contents", [])}
 
+        (dev_loop,) = [b for b in blocks if b.mark == "operator"]
         kubeconfig = cluster.serviceaccount_kubeconfig(RELEASE_NS, RELEASE, tmp_path / "sa.kubeconfig")
-        operator = OperatorProcess(kubeconfig, tmp_path / "operator.log")
-        operator.start()
+        operator = _start_operator(dev_loop, env, kubeconfig, tmp_path / "operator.log")
         (watched,) = [b for b in blocks if b.mark == "watch"]
         output = tmp_path / "watch.txt"
-        with output.open("w") as out:
-            watch = subprocess.Popen(["bash", "-euo", "pipefail", "-c", watched.code], cwd=REPO, env=env,
-                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        watch = _background(watched, env, output)
         play_the_pods(h, s3_server, examples_bucket, output)
     finally:
-        if watch is not None:
-            os.killpg(watch.pid, signal.SIGTERM)
-            watch.wait(timeout=30)
-        if operator is not None:
-            operator.stop()
+        _stop(watch)
+        _stop(operator)
         subprocess.run([helm_binary(), "uninstall", RELEASE, "-n", RELEASE_NS, "--kubeconfig", str(cluster.kubeconfig)],
                        capture_output=True, timeout=120)  # fmt: skip
         client.CoreV1Api(cluster.api_client).delete_namespace(RELEASE_NS)
