@@ -88,6 +88,8 @@ class ExportSpec(ApiModel):
     """Compute for the export pod (CPU by default; GPTQ needs a GPU)."""
     image: Uri | None = None
     """Override of the trainer image."""
+    image_pull_secrets: list[K8sName] | None = Field(default=None, max_length=8)
+    """Secrets in this namespace the kubelet pulls the image with (added to the operator's own)."""
 
 
 class ExportPhase(StrEnum):

@@ -321,6 +321,8 @@ class FineTuneJobSpec(ApiModel):
     """Kueue LocalQueue; the Job is created suspended for Kueue to admit."""
     image: Uri | None = None
     """Override of the trainer image."""
+    image_pull_secrets: list[K8sName] | None = Field(default=None, max_length=8)
+    """Secrets in this namespace the kubelet pulls the image with (added to the operator's own)."""
     evaluation: EvaluationSpec | None = None
     """Evaluate the trained model: predictions scored with BLEU-4 / ROUGE, a multiple-choice benchmark, or both."""
 

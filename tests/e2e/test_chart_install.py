@@ -195,3 +195,16 @@ def test_namespaced_chart_rbac_with_peering_and_refusals(
     finally:
         client.CoreV1Api(cluster.api_client).delete_namespace(other)
     release.uninstall()
+
+
+def test_chart_with_its_crds_refuses_crds_applied_by_kubectl(cluster: Cluster, namespace: str) -> None:
+    # The cluster fixture applied crds/ with kubectl: the documented way is crds.enabled=false (the README's
+    # quick start, tests/e2e/test_readme_quickstart.py); the default must fail loudly, never half-install.
+    name = f"crd{namespace.rsplit('-', 1)[-1]}"
+    refused = helm(
+        "install", name, str(CHART), "-n", namespace, "--kubeconfig", str(cluster.kubeconfig), check=False
+    )
+    assert refused.returncode != 0
+    assert "invalid ownership metadata" in refused.stderr
+    status = helm("status", name, "-n", namespace, "--kubeconfig", str(cluster.kubeconfig), check=False)
+    assert status.returncode != 0 and "not found" in status.stderr  # no release left behind

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -20,7 +21,6 @@ from .common import (
     secret_env,
 )
 
-RUN_AS: int = 1000
 CONFIG_VOLUME = "config"
 
 # The one container of every pod the operator creates (trainer, validator, exporter).
@@ -56,6 +56,8 @@ class Workload:
     resources: ResourcesSpec
     labels: dict[str, str]
     parts: PodParts
+    pull_secrets: tuple[str, ...] = ()
+    """The spec's own imagePullSecrets, added to the operator's."""
 
 
 def output_parts(parts: PodParts, output: OutputSpec) -> None:
@@ -115,12 +117,7 @@ def _container(work: Workload, settings: Settings) -> dict[str, Any]:
         "volumeMounts": mounts + work.parts.mounts,
         # The trainer writes its final summary here; logs stand in when it died before writing.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": copy.deepcopy(dict(settings.container_security_context)),
     }
     resources = container_resources(work.resources, settings)
     if resources:
@@ -128,8 +125,15 @@ def _container(work: Workload, settings: Settings) -> dict[str, Any]:
     return container
 
 
+def image_pull_secrets(work: Workload, settings: Settings) -> list[dict[str, str]]:
+    """The operator's pull Secrets, then the spec's, each once."""
+    names = dict.fromkeys((*settings.image_pull_secrets, *work.pull_secrets))
+    return [{"name": name} for name in names]
+
+
 def pod_template(work: Workload, settings: Settings) -> dict[str, Any]:
-    """The pod template: restartPolicy Never (the Job retries), non-root, seccomp RuntimeDefault."""
+    """The pod template: restartPolicy Never (the Job retries), the settings' security contexts (non-root,
+    seccomp RuntimeDefault by default)."""
     volumes: list[dict[str, Any]] = [
         {"name": CONFIG_VOLUME, "configMap": {"name": work.config_map}},
         {"name": "tmp", "emptyDir": {}},
@@ -140,19 +144,15 @@ def pod_template(work: Workload, settings: Settings) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(dict(settings.pod_security_context)),
         "containers": [_container(work, settings)],
         "volumes": volumes + work.parts.volumes,
         **scheduling(work.resources),
     }
     if settings.service_account:
         spec["serviceAccountName"] = settings.service_account
+    if pull := image_pull_secrets(work, settings):
+        spec["imagePullSecrets"] = pull
     # The trainer never talks to the Kubernetes API: no token in the pod.
     spec["automountServiceAccountToken"] = False
     return {"metadata": {"labels": dict(work.labels)}, "spec": spec}

@@ -17,7 +17,6 @@ VALIDATOR: Final = "validator"
 EXPORTER: Final = "exporter"
 DATASET_FILE: Final = "dataset.yaml"
 EXPORT_FILE: Final = "export.yaml"
-VALIDATION_RESOURCES = ResourcesSpec(gpus_per_node=0, cpu="1", memory="4Gi")
 VALIDATION_DEADLINE_S: Final = 3600
 # The result is copied into the Dataset status within seconds; the Job only stays for its logs.
 VALIDATION_TTL_S: Final = 3600
@@ -65,7 +64,9 @@ def build_validation(ds: Dataset, owner: Owner, settings: Settings) -> tuple[dic
         image=settings.trainer_image,
         command=["finetune", "validate-data", f"{CONFIG_DIR}/{DATASET_FILE}"],
         config_map=name,
-        resources=VALIDATION_RESOURCES,
+        resources=ResourcesSpec(
+            gpus_per_node=0, cpu=settings.validation_cpu, memory=settings.validation_memory
+        ),
         labels=owner.labels(VALIDATOR),
         parts=parts,
     )
@@ -124,6 +125,7 @@ def build_export(
         resources=export.spec.resources,
         labels=owner.labels(EXPORTER),
         parts=parts,
+        pull_secrets=tuple(export.spec.image_pull_secrets or ()),
     )
     job = _job(name, owner, EXPORTER, pod_template(work, settings), backoffLimit=2)
     return _config_map(name, owner, EXPORTER, EXPORT_FILE, docs), job

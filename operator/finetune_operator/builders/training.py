@@ -132,6 +132,7 @@ def build_trainer_job(
         resources=spec.resources,
         labels=labels,
         parts=_pod_parts(job, datasets),
+        pull_secrets=tuple(spec.image_pull_secrets or ()),
     )
     template = pod_template(work, settings)
     nodes = spec.resources.nodes
