@@ -19,13 +19,15 @@ from .terminate import guarded
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Schema + CEL + cross-object checks on every document; exit 1 listing every error."""
+    """Schema + CEL + Dataset references (+ cluster rules) on every document; exit 1 listing every error."""
     try:
         docs = load_documents(args.files)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    results = validate_documents([d.body for d in docs], require_datasets=args.require_datasets)
+    results = validate_documents(
+        [d.body for d in docs], allow_missing_datasets=args.allow_missing_datasets, cluster=args.cluster
+    )
     failed = 0
     for i, doc in enumerate(docs):
         errors = results[i]
@@ -100,7 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="validate manifests (schema, CEL rules, Dataset references)")
     p.add_argument("files", nargs="+", help="YAML files, several documents each allowed")
     p.add_argument(
-        "--require-datasets", action="store_true", help="a referenced Dataset must be among the files"
+        "--allow-missing-datasets",
+        action="store_true",
+        help="a referenced Dataset need not be among the files (it is on the cluster already)",
+    )
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also the rules of running in a pod: an s3:// output, no file:// models or data",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only invalid documents")
     p.set_defaults(func=cmd_validate)

@@ -34,7 +34,7 @@ def plan_run(files: Sequence[str], *, job_name: str | None = None, output: str |
     """Read, validate and resolve; a ValueError lists every problem found."""
     docs = load_documents(files)
     bodies = [d.body for d in docs]
-    results = validate_documents(bodies, require_datasets=True)
+    results = validate_documents(bodies)
     problems = [f"{docs[i].label}: {e}" for i, errors in results.items() for e in errors]
     if problems:
         raise ValueError("invalid manifests:\n  " + "\n  ".join(problems))
