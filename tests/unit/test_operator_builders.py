@@ -170,7 +170,12 @@ def test_validation_job_per_generation_reports_by_termination_message() -> None:
     owner = Owner("Dataset", "chats", "team", "uid-2")
     cm, job = build_validation(ds, owner, SETTINGS)
     assert job["metadata"]["name"] == validation_name(ds) == "chats-validate-g3"
-    assert container(job)["command"] == ["finetune", "validate-data", "/etc/finetune/dataset.yaml"]
+    assert container(job)["command"] == [
+        "finetune",
+        "validate-data",
+        "--allow-invalid-rows",
+        "/etc/finetune/dataset.yaml",
+    ]
     assert container(job)["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert "nvidia.com/gpu" not in container(job)["resources"]["limits"]
     assert env_of(job)["FINETUNE_S3_CREDENTIALS_DIR"] == "/var/run/secrets/finetune/dataset"
