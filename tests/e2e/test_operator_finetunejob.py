@@ -104,7 +104,7 @@ def test_cluster_rules_refuse_what_validate_cluster_refuses_before_any_job(
     job = next(d.body for d in load_documents([example]) if d.body["kind"] == "FineTuneJob")
     h.ready_dataset(job["spec"]["datasets"][0]["ref"])
     h.create("finetunejobs", job["metadata"]["name"], job["spec"], "FineTuneJob")
-    h.ready_dataset("laptop-data", source="file://examples/data/alpaca.jsonl")
+    h.create("datasets", "laptop-data", {"source": "file://examples/data/alpaca.jsonl"}, "Dataset")
     h.create(
         "finetunejobs",
         "local-data",
@@ -115,6 +115,13 @@ def test_cluster_rules_refuse_what_validate_cluster_refuses_before_any_job(
     failed = h.wait_phase("finetunejobs", job["metadata"]["name"], "Failed")
     assert h.condition(failed, "Failed")["reason"] == "InvalidSpec"
     assert expected.group(1).strip() in h.condition(failed, "Failed")["message"]
+    laptop = h.wait_phase("datasets", "laptop-data", "Invalid")
+    assert h.condition(laptop, "Validated")["reason"] == "InvalidSpec"
+    assert (
+        "spec.source: 'file://examples/data/alpaca.jsonl': file:// is for local runs"
+        in (h.condition(laptop, "Validated")["message"])
+    )
+    assert h.job("laptop-data-validate-g1") is None  # no pod is started for a source it cannot read
     local = h.wait_phase("finetunejobs", "local-data", "Failed")
     assert h.condition(local, "Failed")["reason"] == "InvalidSpec"
     assert (

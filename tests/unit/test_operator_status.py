@@ -14,6 +14,7 @@ from finetune_api.resources import Dataset, Export, FineTuneJob
 from finetune_operator import preflight as pf
 from finetune_operator.handlers.indexes import compact_job, job_state_key
 from finetune_operator.status import reasons as r
+from finetune_operator.status.conditions import Verdict
 from finetune_operator.status.finetunejob import (
     build_job_status,
     dataset_gate,
@@ -269,6 +270,10 @@ def test_dataset_status_from_the_validation_report() -> None:
     )
     status, verdict = dataset_status(None, crashed, generation=2, now=NOW)
     assert status.phase == DatasetPhase.INVALID and "boom" in verdict.message
+    refusal = Verdict(DatasetPhase.INVALID, r.INVALID_SPEC, "spec.source: file:// is for local runs")
+    status, verdict = dataset_status(None, None, generation=2, now=NOW, refusal=refusal)
+    assert (status.phase, verdict) == (DatasetPhase.INVALID, refusal)
+    assert status.conditions[0].reason == r.INVALID_SPEC and status.observed_generation == 2
 
 
 def test_export_waits_for_its_job_then_reports_outputs() -> None:
