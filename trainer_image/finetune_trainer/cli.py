@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Train locally, exactly as the trainer pod would."""
     from .run import run_from_files  # imports torch: only here
 
-    files, overrides = split_overrides(args.files)
+    files, overrides = split_overrides([*args.files, *args.overrides])
     if not files:
         print("error: no file given (FILE... then key=value overrides)", file=sys.stderr)
         return 2
@@ -150,12 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a FineTuneJob locally (output defaults to file://./runs/<name>)")
     p.add_argument(
-        "files",
-        nargs="+",
-        metavar="FILE [key=value ...]",
-        help=f"the FineTuneJob and its Datasets ({STDIN}: stdin), then overrides of the FineTuneJob's spec "
-        "such as training.learningRate=1e-4 method.lora.rank=16 (camelCase paths, YAML values; "
-        "an empty value unsets)",
+        "files", nargs="+", metavar="FILE", help=f"the FineTuneJob and its Datasets ({STDIN}: stdin)"
+    )
+    # argparse hands every positional to `files`; cmd_run tells the overrides apart by their `=`.
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides of the FineTuneJob's spec after the files, e.g. training.learningRate=1e-4 "
+        "method.lora.rank=16 (camelCase paths, YAML values; an empty value unsets)",
     )
     p.add_argument("--job", help="which FineTuneJob to run when the files hold several")
     p.add_argument("--output", help="override spec.output.uri")
