@@ -1,7 +1,9 @@
 """Semantic validation in one place, for the CLI, the operator and the trainer.
 
 It reports *every* error with its field path, in three passes over one manifest:
-1. the models (types, bounds, enums, unknown fields), through pydantic;
+1. the models (types, bounds, enums, unknown fields), through pydantic, as strictly as the API server
+   reads JSON: camelCase names only (the models' Python names are for code, not manifests), no
+   quoted numbers or booleans; an unknown field comes with a "did you mean" hint (``hints``);
 2. the CEL rules of the generated CRD schema, evaluated here with cel-python on the manifest with
    the schema's defaults applied — the very rules the API server enforces at apply time;
 3. cross-object checks the API server cannot make (a FineTuneJob's Datasets exist and suit its stage).
@@ -10,40 +12,24 @@ It reports *every* error with its field path, in three passes over one manifest:
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from .cluster import dataset_cluster_errors, export_cluster_errors, job_cluster_errors
 from .crdgen import model_schema
 from .dataset import DatasetFormat, DatasetSpec
+from .errors import FieldError
 from .finetunejob import FineTuneJobSpec, dataset_paths
+from .hints import unknown_field_hint, value_hint
 from .method import PAIRWISE_STAGES, Stage
-from .resources import KINDS, Dataset, kind_of
+from .resources import KINDS, Dataset, Export, kind_of
 
 if TYPE_CHECKING:
     import celpy
-
-
-@dataclass(frozen=True)
-class FieldError:
-    """One problem, at one field path (``spec.method.lora.rank``)."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
-
-
-class SpecError(ValueError):
-    """A manifest that does not validate; carries every error."""
-
-    def __init__(self, errors: list[FieldError]) -> None:
-        self.errors = errors
-        super().__init__("\n".join(str(e) for e in errors))
 
 
 _PYDANTIC_MESSAGES = {
@@ -82,18 +68,48 @@ def _path(loc: Iterable[Any]) -> str:
     return out or "<root>"
 
 
-def _pydantic_errors(exc: ValidationError) -> list[FieldError]:
+# Type errors whose input may be the right value in quotes: the message names the string.
+_SCALAR_TYPES = ("int_type", "float_type", "bool_type")
+
+
+def _pydantic_errors(exc: ValidationError, root: type[BaseModel]) -> list[FieldError]:
     errors = []
     for err in exc.errors():
-        kind, ctx = err["type"], err.get("ctx", {})
+        kind, ctx, loc, value = err["type"], err.get("ctx", {}), err["loc"], err.get("input")
         if kind in ("literal_error", "enum"):
-            message = f"must be one of {ctx.get('expected', '')}, got {err.get('input')!r}"
+            message = f"must be one of {ctx.get('expected', '')}, got {value!r}"
+            hint = value_hint(loc, value)
         elif kind in _PYDANTIC_MESSAGES:
             message = _PYDANTIC_MESSAGES[kind].format(**ctx)
+            hint = unknown_field_hint(root, loc) if kind == "extra_forbidden" else ""
         else:
-            message = err["msg"]
-        errors.append(FieldError(_path(err["loc"]), message))
+            message, hint = err["msg"], ""
+        if kind in _SCALAR_TYPES and isinstance(value, str):
+            message += f", got the string {json.dumps(value)}"
+        errors.append(FieldError(_path(loc), f"{message}; {hint}" if hint else message))
     return errors
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as the API server reads it: JSON, where 4.0 is the integer 4 (an integer is a number)."""
+    if isinstance(value, dict):
+        return {str(k): _as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_json(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def parse_strictly(model: type[BaseModel], manifest: Mapping[str, Any]) -> BaseModel:
+    """``manifest`` parsed as the API server would: wire (camelCase) names only, JSON types, no coercion
+    of strings to numbers or booleans. Raises ValidationError.
+
+    Code that builds models from Python names (``FineTuneJobSpec(learning_rate=...)``) and the
+    operator's parsing of what the API server stored are unaffected: only manifests go through here.
+    """
+    text = json.dumps(_as_json(manifest), default=str)  # YAML timestamps and the like become strings
+    return model.model_validate_json(text, strict=True, by_alias=True, by_name=False)
 
 
 def apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
@@ -172,9 +188,9 @@ def validate_manifest(manifest: Mapping[str, Any], old: Mapping[str, Any] | None
         return [FieldError(field, message)]
     errors: list[FieldError] = []
     try:
-        info.model.model_validate(manifest)
+        parse_strictly(info.model, manifest)
     except ValidationError as exc:
-        errors += _pydantic_errors(exc)
+        errors += _pydantic_errors(exc, info.model)
     spec = manifest.get("spec")
     if isinstance(spec, dict):
         schema = spec_schema(manifest["kind"])
@@ -224,19 +240,28 @@ def check_dataset_refs(
 
 
 def validate_documents(
-    documents: Sequence[Mapping[str, Any]], *, require_datasets: bool = False
+    documents: Sequence[Mapping[str, Any]], *, allow_missing_datasets: bool = False, cluster: bool = False
 ) -> dict[int, list[FieldError]]:
     """Validate the manifests of one file (or set of files) together: each one alone, then the
-    FineTuneJobs' Dataset references against the Datasets among them (a missing one is an error only
-    with ``require_datasets``, as for a local run). Keys: document index."""
+    FineTuneJobs' Dataset references against the Datasets among them (a missing one is an error unless
+    ``allow_missing_datasets``: the Datasets may already be on the cluster), then with ``cluster`` the
+    rules of running in a pod (:mod:`finetune_api.cluster`). Keys: document index."""
     results = {i: validate_manifest(doc) for i, doc in enumerate(documents)}
     datasets: dict[str, DatasetSpec] = {}
     for i, doc in enumerate(documents):
         if doc.get("kind") == "Dataset" and not results[i]:
             ds = Dataset.model_validate(doc)
             datasets[ds.metadata.name] = ds.spec
+            if cluster:
+                results[i] += dataset_cluster_errors(ds.spec)
     for i, doc in enumerate(documents):
-        if doc.get("kind") == "FineTuneJob" and not results[i]:
-            spec = FineTuneJobSpec.model_validate(doc["spec"])
-            results[i] += check_dataset_refs(spec, datasets, require=require_datasets)
+        if results[i] or doc.get("kind") not in ("FineTuneJob", "Export"):
+            continue
+        if doc["kind"] == "Export":
+            results[i] += export_cluster_errors(Export.model_validate(doc).spec) if cluster else []
+            continue
+        spec = FineTuneJobSpec.model_validate(doc["spec"])
+        results[i] += check_dataset_refs(spec, datasets, require=not allow_missing_datasets)
+        if cluster:
+            results[i] += job_cluster_errors(spec, datasets)
     return results

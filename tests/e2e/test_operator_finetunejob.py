@@ -7,18 +7,22 @@ write to the real S3 server, and ends pods with the trainer's exit code and term
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api.manifests import load_documents
 from tests.e2e.operator_harness import Harness, OperatorProcess, job_spec, operator_fixture  # noqa: F401 (fixture)
 from tests.fixtures.cluster import Cluster, wait_until
 from tests.fixtures.s3 import S3Server
 
 pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -88,6 +92,43 @@ def test_semantic_errors_fail_with_a_reason_and_no_job(
     assert (accepted["status"], accepted["reason"]) == ("False", "DatasetInvalid")
     assert "spec.datasets[0].ref" in h.condition(mismatch, "Failed")["message"]
     assert h.job("no-output-train") is None and h.job("dpo-on-sft-train") is None
+
+
+def test_cluster_rules_refuse_what_validate_cluster_refuses_before_any_job(
+    h: Harness, s3_server: S3Server, s3_bucket: str
+) -> None:
+    # The very example `finetune validate --cluster` refuses (tests/unit/test_cli.py), as applied.
+    example = ROOT / "examples" / "invalid" / "cluster-output-file.yaml"
+    expected = re.search(r"^# expect: (.+)$", example.read_text(), re.MULTILINE)
+    assert expected is not None
+    job = next(d.body for d in load_documents([example]) if d.body["kind"] == "FineTuneJob")
+    h.ready_dataset(job["spec"]["datasets"][0]["ref"])
+    h.create("finetunejobs", job["metadata"]["name"], job["spec"], "FineTuneJob")
+    h.create("datasets", "laptop-data", {"source": "file://examples/data/alpaca.jsonl"}, "Dataset")
+    h.create(
+        "finetunejobs",
+        "local-data",
+        job_spec(s3_bucket, s3_server, datasets=[{"ref": "laptop-data"}]),
+        "FineTuneJob",
+    )
+
+    failed = h.wait_phase("finetunejobs", job["metadata"]["name"], "Failed")
+    assert h.condition(failed, "Failed")["reason"] == "InvalidSpec"
+    assert expected.group(1).strip() in h.condition(failed, "Failed")["message"]
+    laptop = h.wait_phase("datasets", "laptop-data", "Invalid")
+    assert h.condition(laptop, "Validated")["reason"] == "InvalidSpec"
+    assert (
+        "spec.source: 'file://examples/data/alpaca.jsonl': file:// is for local runs"
+        in (h.condition(laptop, "Validated")["message"])
+    )
+    assert h.job("laptop-data-validate-g1") is None  # no pod is started for a source it cannot read
+    local = h.wait_phase("finetunejobs", "local-data", "Failed")
+    assert h.condition(local, "Failed")["reason"] == "InvalidSpec"
+    assert (
+        "spec.datasets[0].ref: Dataset 'laptop-data' reads 'file://"
+        in h.condition(local, "Failed")["message"]
+    )
+    assert h.job(f"{job['metadata']['name']}-train") is None and h.job("local-data-train") is None
 
 
 def test_invalid_dataset_reports_rows_and_fails_its_jobs(

@@ -114,6 +114,17 @@ def test_export_waits_for_its_job_then_runs(h: Harness, s3_server: S3Server, s3_
     assert "kind: FineTuneJob" in cm.data["export.yaml"]
 
 
+def test_an_export_to_a_workstation_path_fails_before_any_job(h: Harness) -> None:
+    # The rule `finetune validate --cluster` applies (finetune_api.cluster): a pod cannot write file://.
+    h.create("exports", "local", {"fineTuneJobRef": "base", "output": {"uri": "file://out"}}, "Export")
+    failed = h.wait_phase("exports", "local", "Failed")
+    assert h.condition(failed, "Failed")["reason"] == "InvalidSpec"
+    assert (
+        "spec.output.uri: 'file://out' is local to a workstation" in h.condition(failed, "Failed")["message"]
+    )
+    assert h.job("local-export") is None
+
+
 def test_operator_killed_then_restarted_makes_no_duplicates(
     h: Harness,
     operator_process: OperatorProcess,

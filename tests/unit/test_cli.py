@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_validate_examples_exit_zero(capsys: pytest.CaptureFixture[str]) -> None:
     files = [str(p) for p in sorted((ROOT / "examples").glob("*.yaml"))]
-    assert main(["validate", "--require-datasets", *files]) == 0
+    assert main(["validate", *files]) == 0
     assert "invalid" not in capsys.readouterr().out
 
 
@@ -60,3 +60,31 @@ def test_explain_field(capsys: pytest.CaptureFixture[str]) -> None:
 def test_explain_unknown_field(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", "finetunejob.spec.nope"]) == 1
     assert "has no field 'nope'" in capsys.readouterr().err
+
+
+def test_validate_reports_a_missing_dataset_unless_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "apiVersion: finetune.dev/v1alpha1\nkind: FineTuneJob\nmetadata: {name: j}\n"
+        "spec:\n  model: {source: 'tiny://llama'}\n  datasets: [{ref: chats}]\n  method: {stage: sft}\n"
+    )
+    assert main(["validate", str(job)]) == 1
+    assert "spec.datasets[0].ref: Dataset 'chats' not found" in capsys.readouterr().out
+    assert main(["validate", "--allow-missing-datasets", str(job)]) == 0
+
+
+def test_validate_cluster_applies_the_cluster_rules(capsys: pytest.CaptureFixture[str]) -> None:
+    example = str(ROOT / "examples" / "invalid" / "cluster-output-file.yaml")
+    assert main(["validate", example]) == 0
+    capsys.readouterr()
+    assert main(["validate", "--cluster", example]) == 1
+    assert (
+        "spec.output.uri: 'file://runs/cluster-output-file' is local to a workstation"
+        in capsys.readouterr().out
+    )
+    local_demo = str(ROOT / "examples" / "sft-lora.yaml")
+    assert main(["validate", "--cluster", local_demo]) == 1
+    out = capsys.readouterr().out
+    assert "spec.output: required on a cluster" in out and "spec.source: 'file://examples/data" in out

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from finetune_api.manifests import load_documents
 from finetune_api.resources import Dataset, Export, FineTuneJob
+from finetune_api.validation import validate_documents
 from finetune_operator.builders.common import QUEUE_LABEL, Owner, child_name
 from finetune_operator.builders.tasks import build_export, build_validation, validation_name
 from finetune_operator.builders.training import (
@@ -157,6 +160,17 @@ def test_config_map_holds_the_job_and_resolved_datasets() -> None:
     assert cm["metadata"]["ownerReferences"] == [OWNER.reference()]
 
 
+def test_the_pod_reads_the_resolved_spec_as_strictly_as_any_manifest(tmp_path: Path) -> None:
+    # The trainer pod runs `finetune run` (strict manifest validation, cluster rules) on this file.
+    job = make_job(
+        training={"learningRate": 1e-5, "epochs": 2}, method={"stage": "sft", "lora": {"alpha": 32}}
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(build_config_map(job, [make_dataset()], OWNER)["data"]["job.yaml"])
+    docs = load_documents([path])
+    assert validate_documents([d.body for d in docs], cluster=True) == {0: [], 1: []}
+
+
 @pytest.mark.parametrize("owner", ["a" * 253, "9lives", "x.y.z"])
 def test_child_names_are_deterministic_dns_labels(owner: str) -> None:
     name = child_name(owner, "train")
@@ -170,7 +184,12 @@ def test_validation_job_per_generation_reports_by_termination_message() -> None:
     owner = Owner("Dataset", "chats", "team", "uid-2")
     cm, job = build_validation(ds, owner, SETTINGS)
     assert job["metadata"]["name"] == validation_name(ds) == "chats-validate-g3"
-    assert container(job)["command"] == ["finetune", "validate-data", "/etc/finetune/dataset.yaml"]
+    assert container(job)["command"] == [
+        "finetune",
+        "validate-data",
+        "--allow-invalid-rows",
+        "/etc/finetune/dataset.yaml",
+    ]
     assert container(job)["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert "nvidia.com/gpu" not in container(job)["resources"]["limits"]
     assert env_of(job)["FINETUNE_S3_CREDENTIALS_DIR"] == "/var/run/secrets/finetune/dataset"

@@ -14,9 +14,9 @@ from finetune_api.resources import Dataset, Export, FineTuneJob
 from finetune_operator import preflight as pf
 from finetune_operator.handlers.indexes import compact_job, job_state_key
 from finetune_operator.status import reasons as r
+from finetune_operator.status.conditions import Verdict
 from finetune_operator.status.finetunejob import (
     build_job_status,
-    cluster_spec_errors,
     dataset_gate,
     job_verdict,
 )
@@ -231,10 +231,7 @@ def test_evaluation_scores_from_the_record_land_in_status() -> None:
     assert status.evaluation.results == "s3://bucket/run/eval_results.json"
 
 
-def test_cluster_spec_errors_and_dataset_gate() -> None:
-    assert cluster_spec_errors(spec()) == []
-    assert "spec.output" in cluster_spec_errors(spec(output=None))[0]
-    assert "s3://" in cluster_spec_errors(spec(output={"uri": "file://runs/x"}))[0]
+def test_dataset_gate() -> None:
     ready = Dataset.model_validate(
         {"metadata": {"name": "chats", "generation": 1}, "spec": {"source": "s3://d/x"},
          "status": {"phase": "Ready", "observedGeneration": 1}}
@@ -273,6 +270,10 @@ def test_dataset_status_from_the_validation_report() -> None:
     )
     status, verdict = dataset_status(None, crashed, generation=2, now=NOW)
     assert status.phase == DatasetPhase.INVALID and "boom" in verdict.message
+    refusal = Verdict(DatasetPhase.INVALID, r.INVALID_SPEC, "spec.source: file:// is for local runs")
+    status, verdict = dataset_status(None, None, generation=2, now=NOW, refusal=refusal)
+    assert (status.phase, verdict) == (DatasetPhase.INVALID, refusal)
+    assert status.conditions[0].reason == r.INVALID_SPEC and status.observed_generation == 2
 
 
 def test_export_waits_for_its_job_then_reports_outputs() -> None:

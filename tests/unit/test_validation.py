@@ -44,16 +44,20 @@ def test_there_are_enough_invalid_examples() -> None:
 def test_example_is_valid(path: Path) -> None:
     docs = load_documents([path])
     assert docs
-    results = validate_documents([d.body for d in docs], require_datasets=True)
+    results = validate_documents([d.body for d in docs])
     assert all(not errors for errors in results.values()), results
 
 
 @pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
 def test_invalid_example_fails_with_its_message(path: Path) -> None:
     docs = load_documents([path])
-    results = validate_documents([d.body for d in docs], require_datasets=True)
+    cluster = "\n# validate: --cluster" in path.read_text()  # valid locally, refused for a cluster
+    results = validate_documents([d.body for d in docs], cluster=cluster)
     messages = [str(e) for errors in results.values() for e in errors]
     assert any(_expectation(path) in m for m in messages), messages
+    if cluster:
+        local = validate_documents([d.body for d in docs])
+        assert not any(_expectation(path) in str(e) for errors in local.values() for e in errors)
 
 
 def test_every_error_is_reported_not_just_the_first() -> None:
@@ -98,13 +102,13 @@ def test_dataset_refs_checked_against_stage() -> None:
         "metadata": {"name": "d"},
         "spec": {"source": "file://x.jsonl", "format": "text"},
     }
-    results = validate_documents([_job(), dataset], require_datasets=True)
+    results = validate_documents([_job(), dataset])
     assert [str(e) for e in results[0]] == [
         "spec.datasets[0].ref: stage sft needs conversations; 'd' is plain text (stage pt)"
     ]
-    missing = validate_documents([_job()], require_datasets=True)
+    missing = validate_documents([_job()])
     assert [str(e) for e in missing[0]] == ["spec.datasets[0].ref: Dataset 'd' not found"]
-    assert validate_documents([_job()], require_datasets=False)[0] == []
+    assert validate_documents([_job()], allow_missing_datasets=True)[0] == []
 
 
 def test_evaluation_datasets_must_exist_too() -> None:
@@ -115,5 +119,5 @@ def test_evaluation_datasets_must_exist_too() -> None:
         "metadata": {"name": "d"},
         "spec": {"source": "file://x.jsonl", "format": "alpaca"},
     }
-    missing = validate_documents([job, dataset], require_datasets=True)
+    missing = validate_documents([job, dataset])
     assert [str(e) for e in missing[0]] == ["spec.evaluation: Dataset 'mmlu' not found"]

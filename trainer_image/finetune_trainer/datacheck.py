@@ -1,7 +1,8 @@
 """`finetune validate-data`: check a Dataset before any GPU is spent, for its status.
 
-Runs in the operator's short validation Job (and locally). The report is DatasetStatus-shaped JSON
-on stdout and in the container's termination message, which the operator copies into the status.
+Runs in the operator's short validation Job (and locally). Each Dataset's report is DatasetStatus-shaped
+JSON, printed on stdout keyed by the Dataset's name; the report also goes into the container's
+termination message, which the operator copies into the status.
 """
 
 from __future__ import annotations
@@ -63,13 +64,19 @@ def fit(document: dict[str, Any], limit: int = TERMINATION_MAX) -> str:
 
 
 def validate_data_from_files(
-    files: Sequence[str], *, model: str | None = None, cutoff_len: int | None = None
+    files: Sequence[str],
+    *,
+    model: str | None = None,
+    cutoff_len: int | None = None,
+    allow_invalid_rows: bool = False,
 ) -> int:
-    """Validate every Dataset in ``files``; exit 1 when one is invalid. ``model`` gives token statistics."""
+    """Validate every Dataset in ``files``: JSON reports by name on stdout, one line per Dataset on
+    stderr. Exit 1 when a Dataset is unusable or (unless ``allow_invalid_rows``) has an invalid row.
+    ``model`` gives token statistics."""
     from .data import validate_dataset  # the data stack: only here
 
     docs = load_documents(files)
-    results = validate_documents([d.body for d in docs])
+    results = validate_documents([d.body for d in docs], allow_missing_datasets=True)
     problems = [f"{docs[i].label}: {e}" for i, errors in results.items() for e in errors]
     if problems:
         print("error: invalid manifests:\n  " + "\n  ".join(problems), file=sys.stderr)
@@ -79,15 +86,33 @@ def validate_data_from_files(
         print("error: no Dataset among the files", file=sys.stderr)
         return 1
     tokenizer = _tokenizer(model) if model else None
-    invalid = 0
+    failed = False
+    reports: dict[str, Any] = {}
     last = ""
     for ds in datasets:
-        report = validate_dataset(ds.spec, name=ds.metadata.name, tokenizer=tokenizer, cutoff_len=cutoff_len)
+        name = ds.metadata.name
+        report = validate_dataset(ds.spec, name=name, tokenizer=tokenizer, cutoff_len=cutoff_len)
         last = fit(report_document(report))
-        print(last)
-        invalid += not report.valid
-    _write_termination_log(last)
-    return 1 if invalid else 0
+        reports[name] = json.loads(last)
+        print(f"{name}: {summary(reports[name])}", file=sys.stderr)
+        failed |= not report.valid or (report.num_errors > 0 and not allow_invalid_rows)
+    print(json.dumps(reports, indent=2))
+    _write_termination_log(last)  # one Dataset per validation Job: its status-shaped report
+    return 1 if failed else 0
+
+
+def summary(document: dict[str, Any]) -> str:
+    """One line for people: the phase, the samples, and the first problem."""
+    if document.get("phase") == DatasetPhase.INVALID:
+        return f"Invalid: {document.get('message') or 'not usable'}"
+    line = f"Ready, {document.get('samples', 0)} samples"
+    bad, errors = document.get("invalidSamples", 0), document.get("errors") or []
+    if bad:
+        first = (
+            f" (first: row {errors[0]['row']} {errors[0]['field']}: {errors[0]['message']})" if errors else ""
+        )
+        line += f"; {bad} invalid row(s) left out{first}"
+    return line
 
 
 def _tokenizer(model: str) -> Any:

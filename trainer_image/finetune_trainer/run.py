@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_api.dataset import DatasetSpec
-from finetune_api.manifests import load_documents
+from finetune_api.manifests import apply_overrides, load_documents
 from finetune_api.resources import Dataset, FineTuneJob
 from finetune_api.validation import validate_documents
 
@@ -30,11 +30,22 @@ class RunPlan:
     documents: list[dict[str, Any]]
 
 
-def plan_run(files: Sequence[str], *, job_name: str | None = None, output: str | None = None) -> RunPlan:
-    """Read, validate and resolve; a ValueError lists every problem found."""
+def plan_run(
+    files: Sequence[str],
+    *,
+    job_name: str | None = None,
+    output: str | None = None,
+    overrides: Sequence[str] = (),
+) -> RunPlan:
+    """Read, override (``key=value`` on the FineTuneJob's spec), validate and resolve; a ValueError
+    lists every problem found."""
     docs = load_documents(files)
     bodies = [d.body for d in docs]
-    results = validate_documents(bodies, require_datasets=True)
+    for body in bodies:
+        name = (body.get("metadata") or {}).get("name")
+        if overrides and body.get("kind") == "FineTuneJob" and job_name in (None, name):
+            apply_overrides(body.setdefault("spec", {}), overrides)
+    results = validate_documents(bodies)
     problems = [f"{docs[i].label}: {e}" for i, errors in results.items() for e in errors]
     if problems:
         raise ValueError("invalid manifests:\n  " + "\n  ".join(problems))
@@ -87,13 +98,19 @@ def execute(plan: RunPlan) -> Any:
     return outcome
 
 
-def run_from_files(files: Sequence[str], *, job_name: str | None = None, output: str | None = None) -> int:
+def run_from_files(
+    files: Sequence[str],
+    *,
+    job_name: str | None = None,
+    output: str | None = None,
+    overrides: Sequence[str] = (),
+) -> int:
     """The CLI's `run`: exit 0 on success, 1 with a clear message (no traceback) on bad input."""
     logging.basicConfig(
         level=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        plan = plan_run(files, job_name=job_name, output=output)
+        plan = plan_run(files, job_name=job_name, output=output, overrides=overrides)
         log.info(
             "running %s (stage %s) → %s",
             plan.job.metadata.name,

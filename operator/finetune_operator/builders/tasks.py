@@ -62,7 +62,8 @@ def build_validation(ds: Dataset, owner: Owner, settings: Settings) -> tuple[dic
     parts.add_pvc(ds.spec.source)
     work = Workload(
         image=settings.trainer_image,
-        command=["finetune", "validate-data", f"{CONFIG_DIR}/{DATASET_FILE}"],
+        # A usable Dataset with a few bad rows is Ready (its status lists them), not a failed pod.
+        command=["finetune", "validate-data", "--allow-invalid-rows", f"{CONFIG_DIR}/{DATASET_FILE}"],
         config_map=name,
         resources=ResourcesSpec(
             gpus_per_node=0, cpu=settings.validation_cpu, memory=settings.validation_memory

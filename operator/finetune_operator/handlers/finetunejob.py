@@ -10,6 +10,7 @@ from typing import Any, Final
 
 import kopf
 
+from finetune_api.cluster import job_cluster_errors
 from finetune_api.common import OutputSpec
 from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Phase, dataset_paths
 from finetune_api.resources import Dataset, FineTuneJob
@@ -30,7 +31,7 @@ from ..kube import Kube
 from ..progress import read_progress
 from ..status import reasons as r
 from ..status.conditions import Verdict
-from ..status.finetunejob import TERMINAL, build_job_status, cluster_spec_errors, dataset_gate, job_verdict
+from ..status.finetunejob import TERMINAL, build_job_status, dataset_gate, job_verdict
 from ..status.observe import JobObservation, parse_time
 from .indexes import JobEntry, compact_job, indexed_dataset, indexed_job, job_state_key, lookup
 from .runtime import RUNTIME, now, observe, parse, parse_status, run_guarded, write_status
@@ -97,10 +98,11 @@ def _gate(
     kube: Kube, body: Mapping[str, Any], job: FineTuneJob, old: FineTuneJobStatus | None
 ) -> float | None:
     """Checks before the Job exists: spec, Datasets, memory preflight. Returns the memory estimate."""
-    errors = cluster_spec_errors(job.spec)
+    datasets = _datasets(job)
+    errors = job_cluster_errors(job.spec, {name: ds.spec for name, ds in datasets.items()})
     if errors:
-        _refuse(body, job, old, Verdict(Phase.FAILED, r.INVALID_SPEC, "; ".join(errors)))
-    waiting = dataset_gate(job.spec, _datasets(job))
+        _refuse(body, job, old, Verdict(Phase.FAILED, r.INVALID_SPEC, "; ".join(map(str, errors))))
+    waiting = dataset_gate(job.spec, datasets)
     if waiting:
         _refuse(body, job, old, waiting)
         raise kopf.TemporaryError(waiting.message, delay=RUNTIME.settings.resync_seconds)

@@ -7,6 +7,7 @@ from typing import Any, Final
 
 import kopf
 
+from finetune_api.cluster import dataset_cluster_errors, export_cluster_errors
 from finetune_api.dataset import DatasetPhase, DatasetStatus
 from finetune_api.export import ExportPhase, ExportStatus
 from finetune_api.finetunejob import FineTuneJobStatus
@@ -16,6 +17,8 @@ from .. import metrics
 from ..builders.common import MANAGED_BY, MANAGER, OWNER_KIND, Owner
 from ..builders.tasks import EXPORTER, VALIDATOR, build_export, build_validation
 from ..kube import Kube
+from ..status import reasons as r
+from ..status.conditions import Verdict
 from ..status.observe import JobObservation
 from ..status.tasks import dataset_status, export_gate, export_status, export_verdict
 from .indexes import indexed_dataset, indexed_job
@@ -55,6 +58,12 @@ def reconcile_dataset(body: Mapping[str, Any]) -> None:
     ):
         metrics.PHASES.set("datasets", body["metadata"]["uid"], str(old.phase))
         return
+    errors = dataset_cluster_errors(ds.spec)
+    if errors:  # the validation pod could not read it either
+        refusal = Verdict(DatasetPhase.INVALID, r.INVALID_SPEC, "; ".join(map(str, errors)))
+        status, verdict = dataset_status(old, None, generation=generation, now=now(), refusal=refusal)
+        write_status("datasets", body, old, status, verdict)
+        return
     owner = _owner("Dataset", body)
     config_map, job = build_validation(ds, owner, RUNTIME.settings)
     obs = _run_job(kube, owner, VALIDATOR, config_map, job)
@@ -75,7 +84,9 @@ def reconcile_export(body: Mapping[str, Any]) -> None:
         if raw is not None:
             source = parse(FineTuneJob, raw)
             source.status = parse_status(FineTuneJobStatus, raw)
-    gate = export_gate(export, source)
+    errors = export_cluster_errors(export.spec)
+    refusal = Verdict(ExportPhase.FAILED, r.INVALID_SPEC, "; ".join(map(str, errors))) if errors else None
+    gate = refusal or export_gate(export, source)
     if gate is not None:
         write_status(
             "exports",

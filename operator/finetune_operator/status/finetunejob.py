@@ -18,22 +18,6 @@ from .observe import JobObservation, parse_report
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
 
 
-def cluster_spec_errors(spec: FineTuneJobSpec) -> list[str]:
-    """What the schema allows but a cluster cannot run (local paths have no meaning in a pod)."""
-    errors = []
-    if spec.output is None:
-        errors.append(
-            "spec.output: required on a cluster (an s3:// location for checkpoints and the adapter)"
-        )
-    elif not spec.output.uri.startswith("s3://"):
-        errors.append(
-            f"spec.output.uri: {spec.output.uri!r} is local to a workstation; use s3://bucket/prefix"
-        )
-    if spec.model.source.startswith("file://"):
-        errors.append("spec.model.source: file:// is for local runs; use hf://, s3://, pvc:// or tiny://")
-    return errors
-
-
 def dataset_gate(spec: FineTuneJobSpec, datasets: Mapping[str, Dataset]) -> Verdict | None:
     """None when every Dataset is Ready and suits the stage; else why the job waits or is refused."""
     errors = check_dataset_refs(spec, {n: d.spec for n, d in datasets.items()}, require=False)

@@ -17,15 +17,22 @@ REPORT_FIELDS = ("samples", "invalidSamples", "tokenStats", "preview", "errors")
 
 
 def dataset_status(
-    old: DatasetStatus | None, obs: JobObservation | None, *, generation: int | None, now: str
+    old: DatasetStatus | None,
+    obs: JobObservation | None,
+    *,
+    generation: int | None,
+    now: str,
+    refusal: Verdict | None = None,
 ) -> tuple[DatasetStatus, Verdict]:
-    """A Dataset's status from its validation Job: Validating until it ends, then Ready or Invalid."""
+    """A Dataset's status from its validation Job: Validating until it ends, then Ready or Invalid;
+    Invalid at once with ``refusal`` (a source no pod can read: no validation Job)."""
     status = (
         DatasetStatus() if old is None or old.observed_generation != generation else old.model_copy(deep=True)
     )
     status.observed_generation = generation
-    verdict = Verdict(DatasetPhase.VALIDATING, r.VALIDATING, "validating the source")
-    report = parse_report(obs.last_message()) if obs and (obs.complete or obs.failed_reason) else None
+    verdict = refusal or Verdict(DatasetPhase.VALIDATING, r.VALIDATING, "validating the source")
+    ended = refusal is None and obs is not None and (obs.complete or obs.failed_reason)
+    report = parse_report(obs.last_message()) if obs and ended else None
     if report is not None:
         try:
             parsed = DatasetStatus.model_validate({k: report[k] for k in REPORT_FIELDS if k in report})
@@ -47,7 +54,7 @@ def dataset_status(
             verdict = Verdict(DatasetPhase.INVALID, r.INVALID_ROWS, detail)
         else:
             verdict = Verdict(DatasetPhase.READY, r.VALID, message or f"{status.samples or 0} valid samples")
-    elif obs is not None and obs.failed_reason:
+    elif refusal is None and obs is not None and obs.failed_reason:
         tail = obs.last_message() or obs.failed_message
         verdict = Verdict(DatasetPhase.INVALID, r.VALIDATION_FAILED, f"validation failed: {tail}"[:1024])
     status.phase = DatasetPhase(verdict.phase)
