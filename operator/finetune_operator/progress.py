@@ -97,12 +97,13 @@ def read_progress(output: OutputSpec, credentials: dict[str, str] | None) -> Pro
         if creds is None:
             raise ValueError("no credentials")  # boto3 says NoCredentialsError
         response = _signed_get(url, region, creds)
-        if response.status == 404:
+        code = _error_code(response.data) if response.status != 200 else ""
+        if response.status == 404 and code != " NoSuchBucket":  # not written yet; a missing bucket is a fault
             metrics.PROGRESS_READS.labels(outcome="absent").inc()
             return ProgressRead(None)
         if response.status != 200:
             metrics.PROGRESS_READS.labels(outcome="error").inc()
-            return ProgressRead(None, f"HTTP {response.status}{_error_code(response.data)}")
+            return ProgressRead(None, f"HTTP {response.status}{code}")
         record = json.loads(response.data)
     except (BotoCoreError, urllib3.exceptions.HTTPError, ValueError) as exc:
         metrics.PROGRESS_READS.labels(outcome="error").inc()

@@ -47,6 +47,8 @@ def test_absent_record_reads_as_none_and_refused_credentials_say_why(
     assert refused.record is None and refused.error == "HTTP 403 SignatureDoesNotMatch"
     assert "not-the-key" not in refused.error and s3_server.access_key not in refused.error
     assert read_progress(_output(s3_server, s3_bucket, "runs/here"), _secret(s3_server)).record == {"step": 1}
+    no_bucket = read_progress(_output(s3_server, "no-such-bucket", "runs/here"), _secret(s3_server))
+    assert no_bucket == ProgressRead(None, "HTTP 404 NoSuchBucket")
 
 
 def test_an_unreachable_store_and_a_torn_record_say_why(s3_server: S3Server, s3_bucket: str) -> None:

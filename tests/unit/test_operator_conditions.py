@@ -35,6 +35,7 @@ VERDICTS = [
     ),
     Verdict(Phase.FAILED, r.OUT_OF_MEMORY, "pod demo-train-0 was OOMKilled (memory 8Gi)"),
     Verdict(Phase.FAILED, r.INVALID_SPEC, "spec.output: required on a cluster"),
+    Verdict(Phase.FAILED, r.DATASET_INVALID, "spec.datasets[0].ref: dpo needs a ranking Dataset"),
     Verdict(Phase.SUSPENDED, r.SUSPENDED_BY_USER, "suspended: pods deleted"),
 ]
 
@@ -74,12 +75,15 @@ def test_a_failure_is_told_by_failed_and_a_refusal_by_accepted_too() -> None:
     refused = _conditions(build_job_status(spec(), None, invalid, generation=1, now=NOW))
     assert refused[r.ACCEPTED] == ("False", r.INVALID_SPEC, invalid.message)
     assert refused[r.READY][::2] == ("False", "not checked: the spec was refused")
+    unsuited = _conditions(build_job_status(spec(), None, VERDICTS[6], generation=1, now=NOW))
+    assert unsuited[r.ACCEPTED][:2] == ("False", r.DATASET_INVALID)
+    assert unsuited[r.READY] == ("False", r.DATASET_INVALID, VERDICTS[6].message)
 
 
 @pytest.mark.parametrize(
     ("verdict", "reason"),
     [(VERDICTS[0], r.DATASET_NOT_READY), (VERDICTS[1], r.PODS_PENDING), (RUNNING, None),
-     (VERDICTS[3], None), (VERDICTS[4], r.OUT_OF_MEMORY), (VERDICTS[6], r.SUSPENDED_BY_USER)],
+     (VERDICTS[3], None), (VERDICTS[4], r.OUT_OF_MEMORY), (VERDICTS[7], r.SUSPENDED_BY_USER)],
 )  # fmt: skip
 def test_status_reason_is_set_while_waiting_or_failed(verdict: Verdict, reason: str | None) -> None:
     status = build_job_status(spec(), None, verdict, generation=1, now=NOW)
@@ -157,3 +161,14 @@ def test_dataset_reason_names_why_it_is_invalid() -> None:
     assert (status.phase, status.reason) == (DatasetPhase.INVALID, r.VALIDATION_FAILED)
     validating, _ = dataset_status(None, None, generation=1, now=NOW)
     assert validating.reason is None
+
+
+def test_a_failed_pod_with_no_retry_left_promises_none() -> None:
+    failed_pod = pod("Failed", {"exitCode": 137, "reason": "OOMKilled", "finishedAt": NOW})
+    obs = observe_job(k8s_job(failed=1), [failed_pod])
+    assert job_verdict(spec(backoffLimit=0), obs).message == (
+        "pod demo-train-abc failed (OOMKilled); no retry left (backoffLimit 0)"
+    )
+    assert job_verdict(spec(backoffLimit=2), obs).message.endswith(
+        "retry 1 of 2 resumes from the last checkpoint"
+    )

@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final
 
 import kopf
@@ -40,7 +41,17 @@ from ..status.finetunejob import (
 )
 from ..status.observe import JobObservation, parse_time
 from .indexes import JobEntry, compact_job, indexed_dataset, indexed_job, job_state_key, lookup
-from .runtime import RUNTIME, forget_deleted, now, observe, parse, parse_status, run_guarded, write_status
+from .runtime import (
+    RUNTIME,
+    forget_deleted,
+    is_deletion,
+    now,
+    observe,
+    parse,
+    parse_status,
+    run_guarded,
+    write_status,
+)
 
 FTJ: Final = ("finetune.dev", "v1alpha1", "finetunejobs")
 PLURAL: Final = "finetunejobs"
@@ -237,12 +248,17 @@ def finetunejob_changed(body: kopf.Body, **_: Any) -> None:
     _run(body, permanent=True)
 
 
-def resync_finetunejob(namespace: str, name: str, progress: ProgressRead | None = None) -> None:
-    """The shared resync's entry: read the FineTuneJob and reconcile it (``progress``: a read just made)."""
-    body = RUNTIME.api().read_custom(PLURAL, namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return
-    run_guarded("FineTuneJob", body, lambda b: reconcile_finetunejob(b, progress=progress), permanent=False)
+def resync_finetunejob(namespace: str, name: str, uid: str, progress: ProgressRead | None = None) -> None:
+    """The shared resync's entry: read FineTuneJob ``uid`` and reconcile it (``progress``: a read just made).
+
+    Read under the object's lock, so that the status it starts from is not one that a Job event's
+    reconcile is replacing meanwhile."""
+    with RUNTIME.exclusive(uid):
+        body = RUNTIME.api().read_custom(PLURAL, namespace, name)
+        if body is None or body["metadata"]["uid"] != uid or body["metadata"].get("deletionTimestamp"):
+            return
+        reconcile = partial(reconcile_finetunejob, progress=progress)
+        run_guarded("FineTuneJob", body, reconcile, permanent=False)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED_JOBS)
@@ -275,7 +291,7 @@ def _settled(entry: JobEntry) -> bool:
     return entry.expires_at is None or entry.uid in RUNTIME.expired
 
 
-@kopf.on.event(*FTJ)
+@kopf.on.event(*FTJ, when=is_deletion)
 async def finetunejob_event(event: Mapping[str, Any], **_: Any) -> None:
     """A FineTuneJob is gone: children go with their owner (ownerReferences), only our memory is left."""
     forget_deleted(PLURAL, event)

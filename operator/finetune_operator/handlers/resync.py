@@ -9,7 +9,6 @@ Exports still in flight. The indexes say which objects need it, so an idle objec
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ctypes
 import ctypes.util
 import logging
@@ -50,14 +49,14 @@ def _progress_work(namespace: str, name: str, entry: JobEntry) -> Work | None:
         new_record = read.record is not None and record_key(read.record) != applied
         # A read that starts or stops failing moves the ProgressUnavailable condition.
         if new_record or read.error != RUNTIME.progress_errors.get(entry.uid):
-            resync_finetunejob(namespace, name, read)
+            resync_finetunejob(namespace, name, entry.uid, read)
 
     return work
 
 
 def finetunejob_work(namespace: str, name: str, entry: JobEntry, now: float) -> Work | None:
     """What one FineTuneJob needs from this resync, if anything (pure but for the indexes' reads)."""
-    full: Work = partial(resync_finetunejob, namespace, name)
+    full: Work = partial(resync_finetunejob, namespace, name, entry.uid)
     if entry.phase in (Phase.SUCCEEDED, Phase.FAILED):
         due = entry.expires_at is not None and entry.expires_at <= now and entry.uid not in RUNTIME.expired
         return full if due else None
@@ -98,8 +97,7 @@ async def _run_all(works: list[tuple[str, Work]], executor: Executor | None) -> 
     async def one(ref: str, work: Work) -> None:
         async with gate:
             try:
-                context = (RUNTIME.kopf_context or contextvars.copy_context()).copy()
-                await loop.run_in_executor(executor, context.run, work)
+                await loop.run_in_executor(executor, work)
             except Exception:  # one object's failure must not end the resync of the others
                 log.exception("resync of %s failed", ref)
 

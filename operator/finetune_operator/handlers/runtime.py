@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
 import time
@@ -47,12 +46,12 @@ class Runtime:
     """The last progress record (as read) that made it into each FineTuneJob's status."""
     reconciled_jobs: dict[str, str] = field(default_factory=dict)
     """The training Job's state (:func:`~.indexes.job_state_key`) each FineTuneJob's status last came from."""
+    told: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """The (phase, reason) each object's status was last written or found with (see :func:`write_status`)."""
     progress_errors: dict[str, str] = field(default_factory=dict)
     """Why each FineTuneJob's progress record could not be read last time (absent: it could)."""
     expired: set[str] = field(default_factory=set)
     """FineTuneJobs whose children were deleted after ttlSecondsAfterFinished by this process."""
-    kopf_context: contextvars.Context | None = None
-    """A copy of the context kopf processes objects in (its event queue lives there), for the resync."""
 
     def api(self) -> Kube:
         if self.kube is None:
@@ -77,6 +76,7 @@ class Runtime:
         self.applied_records.pop(uid, None)
         self.reconciled_jobs.pop(uid, None)
         self.progress_errors.pop(uid, None)
+        self.told.pop(uid, None)
         self.expired.discard(uid)
 
     def progress_due(self, uid: str) -> bool:
@@ -128,26 +128,44 @@ def write_status(
     handlers, whose body is the event's own), so a reconcile that repeats finds nothing to say."""
     meta = body["metadata"]
     metrics.PHASES.set(KIND_OF[plural], meta["uid"], str(verdict.phase))
+    # What this process last wrote or found wins over ``old``: a body read just before another
+    # reconcile of the object wrote its status would tell that transition again.
+    now_told = (str(verdict.phase), verdict.reason)
+    before = RUNTIME.told.get(meta["uid"]) or _phase_reason(old)
     old_wire = old.to_wire() if old else {}
     new_wire = new.to_wire()
     if old_wire == new_wire:
+        RUNTIME.told[meta["uid"]] = now_told
         return
     # Fields that disappeared are removed explicitly (a merge patch keeps what it is not told about).
     patch: dict[str, Any] = {k: None for k in old_wire if k not in new_wire}
     patch.update(new_wire)
     RUNTIME.api().patch_status(plural, meta["namespace"], meta["name"], patch)
-    before = _phase_reason(old)
-    if before != (str(verdict.phase), verdict.reason):
+    RUNTIME.told[meta["uid"]] = now_told
+    if before != now_told:
         kind = (
             "Warning"
             if str(verdict.phase) in WARNING_PHASES or verdict.reason.endswith("Failed")
             else "Normal"
         )
         message = f"{verdict.phase}: {verdict.message}"[:1024]
-        kopf.event(body, type=kind, reason=verdict.reason, message=message)
-        level = logging.WARNING if kind == "Warning" else logging.INFO
-        log.log(level, "%s %s/%s: %s (%s)", KIND_OF[plural], meta["namespace"], meta["name"], message,
-                verdict.reason)  # fmt: skip
+        ref = f"{KIND_OF[plural]} {meta['namespace']}/{meta['name']}"
+        log.log(
+            logging.WARNING if kind == "Warning" else logging.INFO,
+            "%s: %s (%s)",
+            ref,
+            message,
+            verdict.reason,
+        )
+        try:
+            RUNTIME.api().post_event(body, kind, verdict.reason, message)
+        except ApiError as exc:  # an event is worth a try, never a failed reconcile
+            log.warning("%s: event %s not posted: %s", ref, verdict.reason, exc)
+
+
+def is_deletion(event: Mapping[str, Any], **_: Any) -> bool:
+    """A ``when=`` filter: only the DELETED watch event (kopf logs a line for every handler it calls)."""
+    return event.get("type") == "DELETED"
 
 
 def forget_deleted(plural: str, event: Mapping[str, Any]) -> None:

@@ -19,7 +19,17 @@ from ..kube import Kube
 from ..status.observe import JobObservation
 from ..status.tasks import dataset_status, export_gate, export_status, export_verdict
 from .indexes import indexed_dataset, indexed_job
-from .runtime import RUNTIME, forget_deleted, now, observe, parse, parse_status, run_guarded, write_status
+from .runtime import (
+    RUNTIME,
+    forget_deleted,
+    is_deletion,
+    now,
+    observe,
+    parse,
+    parse_status,
+    run_guarded,
+    write_status,
+)
 
 DATASETS: Final = ("finetune.dev", "v1alpha1", "datasets")
 EXPORTS: Final = ("finetune.dev", "v1alpha1", "exports")
@@ -128,13 +138,13 @@ def resync_task(kind: str, namespace: str, name: str) -> None:
         _run(kind, body, permanent=False)
 
 
-@kopf.on.event(*DATASETS)
+@kopf.on.event(*DATASETS, when=is_deletion)
 async def dataset_event(event: Mapping[str, Any], **_: Any) -> None:
     """A Dataset is gone: its validation Job goes with it (ownerReferences), only our memory is left."""
     forget_deleted("datasets", event)
 
 
-@kopf.on.event(*EXPORTS)
+@kopf.on.event(*EXPORTS, when=is_deletion)
 async def export_event(event: Mapping[str, Any], **_: Any) -> None:
     """An Export is gone: its Job goes with it (ownerReferences), only our memory is left."""
     forget_deleted("exports", event)
@@ -155,10 +165,15 @@ def task_job_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
     if owner is None or event.get("type") == "DELETED":
         return
     plural = "datasets" if owner["kind"] == "Dataset" else "exports"
-    parent = RUNTIME.api().read_custom(plural, body["metadata"]["namespace"], owner["name"])
-    if (
-        parent is not None
-        and parent["metadata"]["uid"] == owner["uid"]
-        and not parent["metadata"].get("deletionTimestamp")
-    ):
-        _run(owner["kind"], parent, permanent=False)
+    with RUNTIME.exclusive(
+        owner["uid"]
+    ):  # read under the lock: no other reconcile replaces its status meanwhile
+        parent = RUNTIME.api().read_custom(plural, body["metadata"]["namespace"], owner["name"])
+        if (
+            parent is not None
+            and parent["metadata"]["uid"] == owner["uid"]
+            and not parent["metadata"].get("deletionTimestamp")
+        ):
+            _run(owner["kind"], parent, permanent=False)
+        else:
+            RUNTIME.forget(owner["uid"])  # the owner is gone: drop what this event's lock put back

@@ -142,11 +142,13 @@ def job_verdict(spec: FineTuneJobSpec, obs: JobObservation) -> Verdict:
         return Verdict(Phase.RUNNING, r.TRAINING_RUNNING, running)
     if obs.failures:
         last = obs.failures[-1]
-        return Verdict(
-            Phase.PENDING, r.RESTARTING,
-            f"pod {last.pod} failed ({last.reason or 'exit code ' + str(last.exit_code)}); "
-            f"retry {obs.failed} of {spec.backoff_limit} resumes from the last checkpoint",
-        )  # fmt: skip
+        retry = (
+            f"retry {obs.failed} of {spec.backoff_limit} resumes from the last checkpoint"
+            if obs.failed <= spec.backoff_limit
+            else f"no retry left (backoffLimit {spec.backoff_limit})"
+        )
+        why = last.reason or f"exit code {last.exit_code}"
+        return Verdict(Phase.PENDING, r.RESTARTING, f"pod {last.pod} failed ({why}); {retry}")
     return Verdict(Phase.PENDING, r.PODS_PENDING, "waiting for the training pods to start")
 
 
@@ -184,8 +186,14 @@ def job_conditions(verdict: Verdict) -> dict[str, tuple[bool, str, str]]:
         running = (phase == Phase.RUNNING, why, msg)
     else:
         running = (False, why, _NOT_RUNNING[phase])
+    if spec_refused:
+        accepted = (False, why, msg)
+    elif refused:
+        accepted = (False, why, "refused: a Dataset does not suit this job (see Ready)")
+    else:
+        accepted = (True, r.SPEC_ACCEPTED, "spec validated")
     return {
-        r.ACCEPTED: (False, why, msg) if spec_refused else (True, r.SPEC_ACCEPTED, "spec validated"),
+        r.ACCEPTED: accepted,
         r.READY: ready,
         r.RUNNING: running,
         r.SUCCEEDED: (True, why, msg) if phase == Phase.SUCCEEDED else (False, why, _NOT_DONE[phase]),
