@@ -152,6 +152,8 @@ class DatasetStatus(ConditionedStatus):
 
     phase: DatasetPhase | None = None
     """Pending, Validating, Ready or Invalid."""
+    reason: ShortText | None = None
+    """Why the Dataset is Invalid, e.g. InvalidRows (the Validated condition has the details)."""
     samples: int | None = Field(default=None, ge=0)
     """Valid samples found."""
     invalid_samples: int | None = Field(default=None, ge=0)

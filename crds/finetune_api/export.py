@@ -129,6 +129,9 @@ class ExportStatus(ConditionedStatus):
 
     phase: ExportPhase | None = None
     """Pending, Waiting (for its FineTuneJob), Running, Succeeded or Failed."""
+    reason: ShortText | None = None
+    """Why the Export waits or failed, e.g. WaitingForFineTuneJob or OutOfMemory; unset while it runs
+    and once it succeeded."""
     outputs: ExportOutputs | None = None
     """What was written."""
     job_name: K8sName | None = None

@@ -345,6 +345,25 @@ class Phase(StrEnum):
     SUSPENDED = "Suspended"
 
 
+class ProgressDisplay(ApiModel):
+    """The progress as ``kubectl get`` prints it (a printer column prints a value, it cannot format one)."""
+
+    percent: ShortText | None = None
+    """Share of the planned steps done, in whole percent rounded down, e.g. 42%."""
+    loss: ShortText | None = None
+    """Latest training loss to 4 significant digits, e.g. 1.235."""
+
+
+def format_percent(percent: float) -> str:
+    """``42%``: whole percent, rounded down so that 100% means done."""
+    return f"{int(percent)}%"
+
+
+def format_loss(loss: float) -> str:
+    """A loss to 4 significant digits: ``1.235``, ``0.0001235``, ``1235``."""
+    return f"{loss:.4g}"
+
+
 class TrainingProgress(ApiModel):
     """Live progress, from the trainer's progress record."""
 
@@ -368,6 +387,19 @@ class TrainingProgress(ApiModel):
     """The same estimate for people, e.g. 1h05m."""
     updated_at: str | None = None
     """When the trainer wrote this record (RFC 3339)."""
+    display: ProgressDisplay | None = None
+    """Percent and loss formatted for people (set by the operator from the fields above)."""
+
+    def with_display(self) -> TrainingProgress:
+        """A copy with :attr:`display` computed from the percent (else step of totalSteps) and loss."""
+        percent = self.percent
+        if percent is None and self.total_steps:
+            percent = min(100.0, 100.0 * self.step / self.total_steps)
+        display = ProgressDisplay(
+            percent=format_percent(percent) if percent is not None else None,
+            loss=format_loss(self.loss) if self.loss is not None else None,
+        )
+        return self.model_copy(update={"display": display})
 
 
 class JobOutputs(ApiModel):
@@ -388,6 +420,9 @@ class FineTuneJobStatus(ConditionedStatus):
 
     phase: Phase | None = None
     """Pending, Preparing, Running, Succeeded, Failed or Suspended."""
+    reason: ShortText | None = None
+    """Why the job waits or failed, e.g. DatasetNotReady, PodsPending or OutOfMemory (the conditions
+    carry the details); unset while it runs and once it succeeded."""
     progress: TrainingProgress | None = None
     """Live training progress."""
     start_time: str | None = None

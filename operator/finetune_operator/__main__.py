@@ -12,7 +12,12 @@ from .handlers.runtime import RUNTIME
 
 def run() -> None:
     """Run until SIGTERM/SIGINT: watched namespaces, peering and liveness come from the settings."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf's formatter starts the lines of its per-object logger with [namespace/name]; ours name the
+    # object themselves.
+    kopf.configure(log_format="%(asctime)s %(levelname)s %(name)s: %(message)s", log_prefix=True)
+    # The kubelet probes the liveness endpoint every few seconds: aiohttp's access log would be most of
+    # the operator's log, and says nothing (a failing probe shows in the pod's events).
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     ours = RUNTIME.settings
     kopf.run(
         standalone=ours.peering_name is None,

@@ -11,9 +11,11 @@ import base64
 import json
 import logging
 import os
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -27,6 +29,7 @@ GROUP: Final = "finetune.dev"
 VERSION: Final = "v1alpha1"
 SERVICE_ACCOUNT_TOKEN: Final = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 MERGE_PATCH: Final = "application/merge-patch+json"
+REPORTING_COMPONENT: Final = "finetune-operator"
 # The children the reconcilers create, and where they live in the API.
 _CHILDREN: Final[dict[str, tuple[str, str]]] = {
     "ConfigMap": ("/api/v1", "configmaps"),
@@ -204,6 +207,36 @@ class Kube:
         path, resource = self._child_path("Job", namespace, name)
         patch = {"spec": {"suspend": suspend}}
         self._request("PATCH", path, resource=resource, verb="patch", body=patch, content_type=MERGE_PATCH)
+
+    def post_event(self, involved: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event (``kind`` Normal or Warning) about the object ``involved`` (its body).
+
+        Named as client-go names events, ``<object>.<hex nanoseconds>``: `kubectl describe` sorts
+        events by lastTimestamp, which has whole seconds, and keeps the listed order (by name) among
+        events of one second, so names that sort by time keep two quick transitions in order.
+        """
+        meta, moment = involved["metadata"], time.time_ns()
+        ref = {"apiVersion": involved["apiVersion"], "kind": involved["kind"], "name": meta["name"],
+               "namespace": meta["namespace"], "uid": meta["uid"]}  # fmt: skip
+        stamp = datetime.fromtimestamp(moment / 1e9, UTC)
+        seconds = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "metadata": {"name": f"{meta['name']}.{moment:x}", "namespace": meta["namespace"]},
+            "involvedObject": ref,
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "action": "Reconcile",
+            "count": 1,
+            "firstTimestamp": seconds,
+            "lastTimestamp": seconds,
+            "eventTime": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "reportingComponent": REPORTING_COMPONENT,
+            "reportingInstance": socket.gethostname()[:128],
+            "source": {"component": REPORTING_COMPONENT},  # the "From" column of `kubectl describe`
+        }
+        path = f"/api/v1/namespaces/{quote(meta['namespace'])}/events"
+        self._request("POST", path, resource="events", verb="create", body=body)
 
     def evict_pod(self, namespace: str, name: str) -> None:
         """Evict a pod (the API server marks it ``DisruptionTarget``: its Job does not count it as failed);

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+
 from prometheus_client import Counter, Gauge, Histogram
 
 RECONCILE_SECONDS = Histogram(
@@ -24,7 +27,9 @@ API_LATENCY = Histogram(
     "finetune_operator_api_call_duration_seconds", "Latency of those API calls", ["verb", "resource"]
 )
 OBJECTS_BY_PHASE = Gauge(
-    "finetune_operator_objects", "Objects last seen in each phase, by kind", ["kind", "phase"]
+    "finetune_operator_objects",
+    "Objects last seen in each phase, by kind (FineTuneJob, Dataset, Export)",
+    ["kind", "phase"],
 )
 PROGRESS_READS = Counter(
     "finetune_operator_progress_reads_total", "Reads of progress.json, by outcome", ["outcome"]
@@ -32,20 +37,40 @@ PROGRESS_READS = Counter(
 
 
 class PhaseBook:
-    """The last phase of every object, so the per-phase gauge counts each object once."""
+    """The last phase of every object, so the per-phase gauge counts each object once.
 
-    def __init__(self) -> None:
+    ``kind`` is the object's kind as the API spells it (FineTuneJob, Dataset, Export), the same label
+    value as the reconcile metrics. A deleted object is dropped and stays dropped: a reconcile that was
+    in flight when it went cannot count it again (uids are never reused).
+    """
+
+    def __init__(self, tombstones: int = 4096) -> None:
         self._phases: dict[tuple[str, str], str] = {}
+        self._gone: OrderedDict[str, None] = OrderedDict()
+        self._tombstones = tombstones
+        self._lock = threading.Lock()  # reconciles run in threads; deletions arrive on kopf's loop
 
-    def set(self, kind: str, uid: str, phase: str | None) -> None:
-        """Record ``uid``'s phase (None: forget it, e.g. deleted) and move the gauges."""
-        key = (kind, uid)
+    def set(self, kind: str, uid: str, phase: str) -> None:
+        """Record ``uid``'s phase and move the gauges."""
+        with self._lock:
+            if uid not in self._gone:
+                self._move((kind, uid), phase)
+
+    def drop(self, kind: str, uid: str) -> None:
+        """Forget a deleted object: it no longer counts in any phase."""
+        with self._lock:
+            self._move((kind, uid), None)
+            self._gone[uid] = None
+            while len(self._gone) > self._tombstones:
+                self._gone.popitem(last=False)
+
+    def _move(self, key: tuple[str, str], phase: str | None) -> None:
         before = self._phases.pop(key, None)
         if before is not None:
-            OBJECTS_BY_PHASE.labels(kind=kind, phase=before).dec()
+            OBJECTS_BY_PHASE.labels(kind=key[0], phase=before).dec()
         if phase is not None:
             self._phases[key] = phase
-            OBJECTS_BY_PHASE.labels(kind=kind, phase=phase).inc()
+            OBJECTS_BY_PHASE.labels(kind=key[0], phase=phase).inc()
 
 
 PHASES = PhaseBook()

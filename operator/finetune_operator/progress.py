@@ -8,9 +8,8 @@ the job names no Secret) and urllib3 sends it. An S3 client would load the whole
 from __future__ import annotations
 
 import json
-import logging
+import re
 from functools import lru_cache
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 import urllib3
@@ -25,8 +24,10 @@ from finetune_api.common import OutputSpec
 from finetune_api.progress import PROGRESS_KEY
 
 from . import metrics
+from .status.finetunejob import ProgressRead
 
-log = logging.getLogger(__name__)
+MESSAGE_MAX = 512
+
 # Short timeouts and one retry of a failed connection or a 5xx: a slow store delays this one
 # reading, never a reconcile for long (boto3's "standard" mode with max_attempts=2, as before).
 _TIMEOUT = urllib3.Timeout(connect=3, read=5)
@@ -70,11 +71,24 @@ def _signed_get(url: str, region: str, creds: Credentials) -> urllib3.BaseHTTPRe
     return _POOL.request("GET", url, headers=dict(request.headers.items()), timeout=_TIMEOUT, retries=_RETRY)
 
 
-def read_progress(output: OutputSpec, credentials: dict[str, str] | None) -> dict[str, Any] | None:
-    """The record as a dict, or None when absent or unreadable (logged without the credentials)."""
+def _error_code(body: bytes) -> str:
+    # S3 says why in an XML <Code> (AccessDenied, NoSuchBucket, SignatureDoesNotMatch...).
+    found = re.search(rb"<Code>([A-Za-z0-9.]{1,64})</Code>", body[:4096])
+    return f" {found.group(1).decode()}" if found else ""
+
+
+def _error_text(exc: Exception) -> str:
+    cause = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason else exc
+    detail = str(cause).rsplit(">: ", 1)[-1]  # urllib3 starts with its connection object's repr
+    return f"{type(cause).__name__}: {detail}"[:MESSAGE_MAX]
+
+
+def read_progress(output: OutputSpec, credentials: dict[str, str] | None) -> ProgressRead:
+    """The record (None when absent or unreadable) and, when unreadable, why: an error that names
+    neither the credentials nor the signature (the request is signed in its headers, never its URL)."""
     where = progress_location(output.uri)
     if where is None:
-        return None
+        return ProgressRead(None)
     secret = credentials or {}
     region = output.region or secret.get("region") or "us-east-1"
     url = object_url(output.endpoint or secret.get("endpoint"), region, *where)
@@ -83,16 +97,18 @@ def read_progress(output: OutputSpec, credentials: dict[str, str] | None) -> dic
         if creds is None:
             raise ValueError("no credentials")  # boto3 says NoCredentialsError
         response = _signed_get(url, region, creds)
+        code = _error_code(response.data) if response.status != 200 else ""
+        if response.status == 404 and code != " NoSuchBucket":  # not written yet; a missing bucket is a fault
+            metrics.PROGRESS_READS.labels(outcome="absent").inc()
+            return ProgressRead(None)
         if response.status != 200:
-            outcome = "absent" if response.status == 404 else "error"
-            metrics.PROGRESS_READS.labels(outcome=outcome).inc()
-            if outcome == "error":
-                log.warning("reading %s failed: HTTP %s", output.uri, response.status)
-            return None
+            metrics.PROGRESS_READS.labels(outcome="error").inc()
+            return ProgressRead(None, f"HTTP {response.status}{code}")
         record = json.loads(response.data)
     except (BotoCoreError, urllib3.exceptions.HTTPError, ValueError) as exc:
         metrics.PROGRESS_READS.labels(outcome="error").inc()
-        log.warning("reading %s failed: %s", output.uri, type(exc).__name__)
-        return None
+        return ProgressRead(None, _error_text(exc))
     metrics.PROGRESS_READS.labels(outcome="ok").inc()
-    return record if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return ProgressRead(None, "the record is not a JSON object")
+    return ProgressRead(record)

@@ -117,7 +117,7 @@ def denials(log: str) -> list[str]:
 def check_metrics(proc: OperatorProcess, release: Release, promtool: str) -> None:
     """The operator's real /metrics passes promtool, and the helm test pod's script accepts it."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{proc.metrics_port}/metrics", timeout=10).read().decode()
-    assert 'finetune_operator_objects{kind="finetunejobs",phase="Succeeded"}' in text
+    assert 'finetune_operator_objects{kind="FineTuneJob",phase="Succeeded"}' in text
     lint = subprocess.run(
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
     )

@@ -95,11 +95,21 @@ def test_status_is_a_subresource_and_printer_columns_show_it(cluster: Cluster, n
     assert "no change" in ignored.stdout  # the main resource ignores status writes
     cluster.kubectl(
         "patch", "ftj", "watched", "-n", namespace, "--subresource=status", "--type=merge", "-p",
-        '{"status":{"phase":"Running","progress":{"step":5,"percent":50,"loss":1.25,"eta":"2m"}}}',
+        '{"status":{"phase":"Pending","reason":"PodsPending","progress":{"step":5,"percent":50,"loss":1.25,'
+        '"eta":"2m","display":{"percent":"50%","loss":"1.25"}}}}',
     )  # fmt: skip
     table = cluster.kubectl("get", "ftj", "watched", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "PHASE", "STAGE", "MODEL", "PROGRESS", "LOSS", "ETA", "AGE"]
-    assert table[1].split()[:7] == ["watched", "Running", "sft", "tiny://llama", "50", "1.25", "2m"]
+    assert table[0].split() == ["NAME", "PHASE", "STAGE", "MODEL", "PROGRESS", "LOSS", "ETA", "REASON", "AGE"]
+    assert table[1].split()[:8] == [
+        "watched",
+        "Pending",
+        "sft",
+        "tiny://llama",
+        "50%",
+        "1.25",
+        "2m",
+        "PodsPending",
+    ]
     listed = cluster.kubectl("get", "finetune", "-n", namespace).stdout  # the category lists all our kinds
     assert "finetunejob.finetune.dev/watched" in listed
     explained = cluster.kubectl("explain", "finetunejob.spec.method.lora.rank").stdout

@@ -298,4 +298,4 @@ def test_metrics_and_liveness(h: Harness, operator_process: OperatorProcess) -> 
         text = resp.read().decode()
     assert 'finetune_operator_reconcile_duration_seconds_count{kind="Dataset"}' in text
     assert 'finetune_operator_api_calls_total{code="201",resource="jobs",verb="create"}' in text
-    assert 'finetune_operator_objects{kind="datasets",phase="Validating"}' in text
+    assert 'finetune_operator_objects{kind="Dataset",phase="Validating"}' in text

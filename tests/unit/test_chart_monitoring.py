@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.registry import Collector
 
 import finetune_operator.metrics  # noqa: F401  (registers the operator's metrics)
+from finetune_api.resources import KINDS
 from finetune_trainer.progress.metrics import TrainingMetrics
 from tests.unit.test_chart_render import CHART, FULLNAME, NAMESPACE, find, render
 
@@ -94,8 +95,8 @@ def test_alerts_fire_on_the_right_series(tmp_path: Path, promtool: str) -> None:
             {   # A job fails at minute 20; the phase gauge of another kind changes too.
                 "interval": "1m",
                 "input_series": [
-                    {"series": 'finetune_operator_objects{kind="finetunejobs", phase="Failed"}', "values": "0x20 1x40"},
-                    {"series": 'finetune_operator_objects{kind="datasets", phase="Invalid"}', "values": "0x20 1x40"},
+                    {"series": 'finetune_operator_objects{kind="FineTuneJob", phase="Failed"}', "values": "0x20 1x40"},
+                    {"series": 'finetune_operator_objects{kind="Dataset", phase="Invalid"}', "values": "0x20 1x40"},
                 ],
                 "promql_expr_test": [
                     {"expr": f"count({alerts['FineTuneJobFailed']['expr']})", "eval_time": "25m",
@@ -147,3 +148,9 @@ def test_trainer_metrics_pass_promtool_check(promtool: str, tmp_path: Path) -> N
     result = subprocess.run([promtool, "check", "metrics"], input=metrics.exposition().decode(),
                             capture_output=True, text=True, timeout=30)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kind_label_is_spelled_as_the_api_kinds(tmp_path: Path) -> None:
+    exprs = dashboard_exprs() + [r["expr"] for g in rendered_rules(tmp_path)["groups"] for r in g["rules"]]
+    spelled = {v for e in exprs for v in re.findall(r'\bkind\s*=~?\s*"([^"]*)"', e)}
+    assert spelled and spelled <= set(KINDS)

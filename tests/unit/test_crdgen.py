@@ -81,6 +81,7 @@ def test_finetunejob_crd_shape() -> None:
         "Progress",
         "Loss",
         "ETA",
+        "Reason",
         "Age",
     ]
     assert crd["spec"]["names"]["shortNames"] == ["ftj"]

@@ -7,6 +7,7 @@ environment is the one this test suite already runs in, so nothing is downloaded
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +15,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-WHERE = "import finetune_api, finetune_trainer; print(finetune_api.__file__); print(finetune_trainer.__file__)"
+# The scripts and the venvs' pythons alone decide what is imported: a caller's PYTHONPATH would decide it instead.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+WHERE = (
+    "import finetune_api, finetune_trainer; print(finetune_api.__file__); print(finetune_trainer.__file__)"
+)
 
 
 def tracked_copy(target: Path) -> Path:
@@ -31,7 +36,12 @@ def tracked_copy(target: Path) -> Path:
 def setup_env(checkout: Path) -> Path:
     """Run the set-up script there; the shared environment's path (its last line)."""
     done = subprocess.run(
-        ["bash", "hack/setup-env.sh"], cwd=checkout, capture_output=True, text=True, timeout=900
+        ["bash", "hack/setup-env.sh"],
+        cwd=checkout,
+        env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return Path(done.stdout.strip().splitlines()[-1])
@@ -46,7 +56,9 @@ def test_two_checkouts_each_run_their_own_code(tmp_path: Path) -> None:
     # `first` set up first: its .venv must still run its own code after `second` set up.
     for checkout in (first, second):
         python = checkout / ".venv" / "bin" / "python"
-        where = subprocess.run([str(python), "-c", WHERE], capture_output=True, text=True, check=True)
+        where = subprocess.run(
+            [str(python), "-c", WHERE], env=CLEAN_ENV, capture_output=True, text=True, check=True
+        )
         for line in where.stdout.split():
             assert Path(line).is_relative_to(checkout), (checkout, where.stdout)
         # The CLI and the tools beside it (pytest here) run this checkout's code too.
@@ -58,6 +70,10 @@ def test_two_checkouts_each_run_their_own_code(tmp_path: Path) -> None:
     # The shared environment holds the dependencies and nothing of the project.
     probe = "import importlib.util as u; print(u.find_spec('finetune_api'), u.find_spec('torch') is not None)"
     shared_view = subprocess.run(
-        [str(shared / "bin" / "python"), "-c", probe], capture_output=True, text=True, check=True
+        [str(shared / "bin" / "python"), "-c", probe],
+        env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert shared_view.stdout.split() == ["None", "True"], shared_view.stdout

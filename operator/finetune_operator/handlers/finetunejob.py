@@ -6,6 +6,7 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, Final
 
 import kopf
@@ -31,10 +32,26 @@ from ..kube import Kube
 from ..progress import read_progress
 from ..status import reasons as r
 from ..status.conditions import Verdict
-from ..status.finetunejob import TERMINAL, build_job_status, dataset_gate, job_verdict
+from ..status.finetunejob import (
+    TERMINAL,
+    ProgressRead,
+    build_job_status,
+    dataset_gate,
+    job_verdict,
+)
 from ..status.observe import JobObservation, parse_time
 from .indexes import JobEntry, compact_job, indexed_dataset, indexed_job, job_state_key, lookup
-from .runtime import RUNTIME, now, observe, parse, parse_status, run_guarded, write_status
+from .runtime import (
+    RUNTIME,
+    forget_deleted,
+    is_deletion,
+    now,
+    observe,
+    parse,
+    parse_status,
+    run_guarded,
+    write_status,
+)
 
 FTJ: Final = ("finetune.dev", "v1alpha1", "finetunejobs")
 PLURAL: Final = "finetunejobs"
@@ -84,43 +101,34 @@ def _expire(kube: Kube, job: FineTuneJob, status: FineTuneJobStatus) -> bool:
 
 
 def _refuse(body: Mapping[str, Any], job: FineTuneJob, old: FineTuneJobStatus | None, verdict: Verdict,
-            estimate: float | None = None) -> Verdict:  # fmt: skip
+            estimate: float | None = None) -> None:  # fmt: skip
+    # Nothing raised: the status, its event and log line say why, where a kopf error would repeat it as
+    # an ERROR line and an Error event. A refused job is terminal (never reconciled again); one that
+    # waits for its Datasets is Preparing, which the shared resync looks at again.
     status = build_job_status(
         job.spec, old, verdict, generation=job.metadata.generation, now=now(), estimate_gib=estimate
     )
     write_status(PLURAL, body, old, status, verdict)
-    if verdict.phase == Phase.FAILED:
-        raise kopf.PermanentError(verdict.message)  # the status already says why
-    return verdict
 
 
-def _gate(
-    kube: Kube, body: Mapping[str, Any], job: FineTuneJob, old: FineTuneJobStatus | None
-) -> float | None:
-    """Checks before the Job exists: spec, Datasets, memory preflight. Returns the memory estimate."""
+def _gate(kube: Kube, job: FineTuneJob) -> tuple[Verdict | None, float | None]:
+    """Checks before the Job exists: spec, Datasets, memory preflight. Returns the verdict that stops the
+    job here (None: it may run) and the memory estimate."""
     datasets = _datasets(job)
     errors = job_cluster_errors(job.spec, {name: ds.spec for name, ds in datasets.items()})
     if errors:
-        _refuse(body, job, old, Verdict(Phase.FAILED, r.INVALID_SPEC, "; ".join(map(str, errors))))
+        return Verdict(Phase.FAILED, r.INVALID_SPEC, "; ".join(map(str, errors))), None
     waiting = dataset_gate(job.spec, datasets)
     if waiting:
-        _refuse(body, job, old, waiting)
-        raise kopf.TemporaryError(waiting.message, delay=RUNTIME.settings.resync_seconds)
+        return waiting, None
     capacity, source = gpu_capacity(kube, job.spec) if job.spec.resources.gpus_per_node else (None, "")
     try:
         result = pf.preflight(job.spec, capacity, source)
     except ValueError as exc:
-        _refuse(body, job, old, Verdict(Phase.FAILED, r.INVALID_SPEC, str(exc)))  # raises kopf.PermanentError
-        raise
+        return Verdict(Phase.FAILED, r.INVALID_SPEC, str(exc)), None
     if result.refusal:
-        _refuse(
-            body,
-            job,
-            old,
-            Verdict(Phase.FAILED, r.INSUFFICIENT_GPU_MEMORY, result.refusal),
-            result.estimate_gib,
-        )
-    return result.estimate_gib
+        return Verdict(Phase.FAILED, r.INSUFFICIENT_GPU_MEMORY, result.refusal), result.estimate_gib
+    return None, result.estimate_gib
 
 
 def _converge(
@@ -156,12 +164,25 @@ def _converge(
     return trainer, obs
 
 
-def read_job_progress(kube: Kube, namespace: str, output: OutputSpec | None) -> dict[str, Any] | None:
-    """The trainer's progress record under ``output`` (its credentials Secret read here), or None."""
+def read_job_progress(kube: Kube, namespace: str, output: OutputSpec | None) -> ProgressRead:
+    """The trainer's progress record under ``output`` (its credentials Secret read here)."""
     if output is None:
-        return None
+        return ProgressRead(None)
     secret = kube.secret_data(namespace, output.credentials_secret) if output.credentials_secret else None
     return read_progress(output, secret)
+
+
+def _note_progress_read(uid: str, ref: str, read: ProgressRead) -> None:
+    """Log a progress read that starts or stops failing, once (the ProgressUnavailable condition says it)."""
+    before = RUNTIME.progress_errors.get(uid)
+    if read.error is not None and before is None:
+        log.warning("%s: progress record unreadable: %s", ref, read.error)
+    elif read.error is None and before is not None:
+        log.info("%s: progress record readable again", ref)
+    if read.error is None:
+        RUNTIME.progress_errors.pop(uid, None)
+    else:
+        RUNTIME.progress_errors[uid] = read.error
 
 
 def record_key(record: Mapping[str, Any] | None) -> str:
@@ -173,22 +194,29 @@ def reconcile_finetunejob(
     body: Mapping[str, Any],
     *,
     trainer: dict[str, Any] | None = None,
-    record: Mapping[str, Any] | None = None,
+    progress: ProgressRead | None = None,
 ) -> Verdict:
-    """Observe, compute the desired state, converge, write the status. Raises kopf.PermanentError for a
-    spec that cannot run. ``trainer``: the Job from a Job event; ``record``: a progress record just read."""
+    """Observe, compute the desired state, converge, write the status; a gate that stops it (a refusal,
+    Datasets not ready) writes its own. ``trainer``: the Job from a Job event; ``progress``: a read of the
+    progress record just made."""
     kube = RUNTIME.api()
     job, old = parse(FineTuneJob, body), parse_status(FineTuneJobStatus, body)
     uid, ns = body["metadata"]["uid"], job.metadata.namespace or "default"
     if old and old.phase in TERMINAL:
+        metrics.PHASES.set("FineTuneJob", uid, str(old.phase))  # counted after an operator restart too
         if uid not in RUNTIME.expired and _expire(kube, job, old):
             RUNTIME.expired.add(uid)
         return Verdict(old.phase, "", "")
-    estimate = _gate(kube, body, job, old)
+    stop, estimate = _gate(kube, job)
+    if stop is not None:
+        _refuse(body, job, old, stop, estimate)
+        return stop
     trainer, obs = _converge(kube, body, job, trainer)
     verdict = job_verdict(job.spec, obs)
-    if verdict.phase == Phase.RUNNING and record is None and RUNTIME.progress_due(uid):
-        record = read_job_progress(kube, ns, job.spec.output)
+    running = verdict.phase == Phase.RUNNING
+    if running and progress is None and RUNTIME.progress_due(uid):
+        progress = read_job_progress(kube, ns, job.spec.output)
+    progress = progress if running else None
     status = build_job_status(
         job.spec,
         old,
@@ -196,12 +224,15 @@ def reconcile_finetunejob(
         generation=job.metadata.generation,
         now=now(),
         obs=obs,
-        record=record if verdict.phase == Phase.RUNNING else None,
+        record=progress.record if progress else None,
         estimate_gib=estimate,
+        progress_read=progress,
     )
     write_status(PLURAL, body, old, status, verdict)
-    if verdict.phase == Phase.RUNNING and record is not None:
-        RUNTIME.applied_records[uid] = record_key(record)
+    if progress is not None:
+        _note_progress_read(uid, f"{ns}/{job.metadata.name}", progress)
+        if progress.record is not None:
+            RUNTIME.applied_records[uid] = record_key(progress.record)
     RUNTIME.reconciled_jobs[uid] = job_state_key(trainer)
     return verdict
 
@@ -218,12 +249,17 @@ def finetunejob_changed(body: kopf.Body, **_: Any) -> None:
     _run(body, permanent=True)
 
 
-def resync_finetunejob(namespace: str, name: str, record: Mapping[str, Any] | None = None) -> None:
-    """The shared resync's entry: read the FineTuneJob and reconcile it (``record``: progress just read)."""
-    body = RUNTIME.api().read_custom(PLURAL, namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return
-    run_guarded("FineTuneJob", body, lambda b: reconcile_finetunejob(b, record=record), permanent=False)
+def resync_finetunejob(namespace: str, name: str, uid: str, progress: ProgressRead | None = None) -> None:
+    """The shared resync's entry: read FineTuneJob ``uid`` and reconcile it (``progress``: a read just made).
+
+    Read under the object's lock, so that the status it starts from is not one that a Job event's
+    reconcile is replacing meanwhile."""
+    with RUNTIME.exclusive(uid):
+        body = RUNTIME.api().read_custom(PLURAL, namespace, name)
+        if body is None or body["metadata"]["uid"] != uid or body["metadata"].get("deletionTimestamp"):
+            return
+        reconcile = partial(reconcile_finetunejob, progress=progress)
+        run_guarded("FineTuneJob", body, reconcile, permanent=False)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED_JOBS)
@@ -256,8 +292,7 @@ def _settled(entry: JobEntry) -> bool:
     return entry.expires_at is None or entry.uid in RUNTIME.expired
 
 
-@kopf.on.delete(*FTJ, optional=True)
-def finetunejob_deleted(body: kopf.Body, **_: Any) -> None:
-    """Children go with their owner (ownerReferences, background propagation); only our memory is left."""
-    RUNTIME.forget(body["metadata"]["uid"])
-    metrics.PHASES.set(PLURAL, body["metadata"]["uid"], None)
+@kopf.on.event(*FTJ, when=is_deletion)
+async def finetunejob_event(event: Mapping[str, Any], **_: Any) -> None:
+    """A FineTuneJob is gone: children go with their owner (ownerReferences), only our memory is left."""
+    forget_deleted(PLURAL, event)

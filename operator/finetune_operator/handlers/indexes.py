@@ -7,7 +7,6 @@ operator's memory is the floor plus a few hundred bytes per object.
 
 from __future__ import annotations
 
-import contextvars
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,13 +38,6 @@ class JobEntry:
     """POSIX time of ttlSecondsAfterFinished after completion; None when no TTL applies (yet)."""
     output: Mapping[str, Any] | None
     """spec.output as stored (uri, endpoint, region, credentialsSecret), for progress reads."""
-
-
-def _remember_context() -> None:
-    # kopf.event() reads kopf's event queue from context variables that kopf sets while it processes
-    # an object; the shared resync runs outside of that, so it borrows a copy of this context.
-    if RUNTIME.kopf_context is None:
-        RUNTIME.kopf_context = contextvars.copy_context()
 
 
 def compact_job(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,7 +72,6 @@ def job_entry(body: Mapping[str, Any]) -> JobEntry:
 @kopf.index(*DATASETS)
 async def dataset_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Key, Dataset]:
     """(namespace, name) → the Dataset's name, generation, spec and status (parsed once per change)."""
-    _remember_context()
     meta = body["metadata"]
     trimmed = {
         "metadata": {"name": name, "namespace": namespace, "generation": meta.get("generation")},
@@ -97,21 +88,18 @@ async def dataset_index(body: kopf.Body, namespace: str, name: str, **_: Any) ->
 @kopf.index("batch", "v1", "jobs", labels={MANAGED_BY: MANAGER})
 async def job_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
     """(namespace, name) → our Job, compact (training, validation and export Jobs alike)."""
-    _remember_context()
     return {(namespace, name): compact_job(body)}
 
 
 @kopf.index(*FTJ)
 async def finetunejob_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Key, JobEntry]:
     """(namespace, name) → the FineTuneJob's :class:`JobEntry`."""
-    _remember_context()
     return {(namespace, name): job_entry(body)}
 
 
 @kopf.index(*EXPORTS)
 async def export_index(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Key, str | None]:
     """(namespace, name) → the Export's phase (the resync follows the ones in flight)."""
-    _remember_context()
     return {(namespace, name): (body.get("status") or {}).get("phase")}
 
 

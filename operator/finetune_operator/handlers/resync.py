@@ -9,7 +9,6 @@ Exports still in flight. The indexes say which objects need it, so an idle objec
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ctypes
 import ctypes.util
 import logging
@@ -45,59 +44,64 @@ def _progress_work(namespace: str, name: str, entry: JobEntry) -> Work | None:
     output = OutputSpec.model_validate(entry.output)
 
     def work() -> None:
-        record = read_job_progress(RUNTIME.api(), namespace, output)
-        if record is not None and record_key(record) != RUNTIME.applied_records.get(entry.uid):
-            resync_finetunejob(namespace, name, record)
+        read = read_job_progress(RUNTIME.api(), namespace, output)
+        applied = RUNTIME.applied_records.get(entry.uid)
+        new_record = read.record is not None and record_key(read.record) != applied
+        # A read that starts or stops failing moves the ProgressUnavailable condition.
+        if new_record or read.error != RUNTIME.progress_errors.get(entry.uid):
+            resync_finetunejob(namespace, name, entry.uid, read)
 
     return work
 
 
 def finetunejob_work(namespace: str, name: str, entry: JobEntry, now: float) -> Work | None:
     """What one FineTuneJob needs from this resync, if anything (pure but for the indexes' reads)."""
-    full: Work = partial(resync_finetunejob, namespace, name)
+    full: Work = partial(resync_finetunejob, namespace, name, entry.uid)
     if entry.phase in (Phase.SUCCEEDED, Phase.FAILED):
         due = entry.expires_at is not None and entry.expires_at <= now and entry.uid not in RUNTIME.expired
         return full if due else None
+    if entry.phase == Phase.PREPARING:
+        return full  # its Datasets may be Ready now (the gate reads them from the index)
     if entry.phase not in (Phase.PENDING, Phase.RUNNING):
-        return None  # Preparing retries through kopf; Suspended and new objects wait for an event
+        return None  # Suspended and new objects wait for an event
     job = indexed_job(namespace, trainer_job_name(name))
     if job is None or (entry.phase == Phase.PENDING and has_pods(job)):
         return full  # recreate a deleted Job; look at pods that may not start
     return _progress_work(namespace, name, entry) if entry.phase == Phase.RUNNING else None
 
 
-def _pending_work(now: float) -> Iterator[Work]:
+def _pending_work(now: float) -> Iterator[tuple[str, Work]]:
+    """(the object, as ``Kind namespace/name`` for the log, and its work) for each object due."""
     # Snapshots: the indexes change under kopf's event loop, which is also where this runs.
     for (ns, name), store in list(RUNTIME.indexes.get("finetunejob_index", {}).items()):
         for entry in list(store):
             work = finetunejob_work(ns, name, entry, now)
             if work is not None:
-                yield work
+                yield f"FineTuneJob {ns}/{name}", work
     for (ns, name), store in list(RUNTIME.indexes.get("dataset_index", {}).items()):
         for ds in list(store):
             done = ds.status is not None and ds.status.phase in (DatasetPhase.READY, DatasetPhase.INVALID)
             if not (done and ds.status.observed_generation == ds.metadata.generation):
                 job = indexed_job(ns, validation_name(ds))
                 if job is None or has_pods(job):
-                    yield partial(resync_task, "Dataset", ns, name)
+                    yield f"Dataset {ns}/{name}", partial(resync_task, "Dataset", ns, name)
     for (ns, name), store in list(RUNTIME.indexes.get("export_index", {}).items()):
         for phase in list(store):
-            if phase not in (ExportPhase.SUCCEEDED, ExportPhase.FAILED, ExportPhase.WAITING):
-                yield partial(resync_task, "Export", ns, name)
+            if phase not in (ExportPhase.SUCCEEDED, ExportPhase.FAILED):
+                yield f"Export {ns}/{name}", partial(resync_task, "Export", ns, name)
 
 
-async def _run_all(works: list[Work], executor: Executor | None) -> None:
+async def _run_all(works: list[tuple[str, Work]], executor: Executor | None) -> None:
     gate, loop = asyncio.Semaphore(CONCURRENCY), asyncio.get_running_loop()
 
-    async def one(work: Work) -> None:
+    async def one(ref: str, work: Work) -> None:
         async with gate:
             try:
-                context = (RUNTIME.kopf_context or contextvars.copy_context()).copy()
-                await loop.run_in_executor(executor, context.run, work)
+                await loop.run_in_executor(executor, work)
             except Exception:  # one object's failure must not end the resync of the others
-                log.exception("resync failed")
+                log.exception("resync of %s failed", ref)
 
-    await asyncio.gather(*(one(w) for w in works))
+    await asyncio.gather(*(one(ref, w) for ref, w in works))
 
 
 def _libc_malloc_trim() -> Callable[[int], int] | None:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import contextvars
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import kopf
 from pydantic import BaseModel, ValidationError
 
 from finetune_api.common import ApiModel
+from finetune_api.resources import KINDS
 
 from .. import metrics
 from ..kube import ApiError, Kube
@@ -24,6 +25,10 @@ from ..status.observe import JobObservation, PodRead, observe_job, pod_read, rfc
 
 M = TypeVar("M", bound=BaseModel)
 WARNING_PHASES = ("Failed", "Invalid")
+KIND_OF: Final = {info.plural: kind for kind, info in KINDS.items()}
+"""A kind by its plural: FineTuneJob for finetunejobs (the one spelling of metrics' kind label)."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,10 +46,12 @@ class Runtime:
     """The last progress record (as read) that made it into each FineTuneJob's status."""
     reconciled_jobs: dict[str, str] = field(default_factory=dict)
     """The training Job's state (:func:`~.indexes.job_state_key`) each FineTuneJob's status last came from."""
+    told: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """The (phase, reason) each object's status was last written or found with (see :func:`write_status`)."""
+    progress_errors: dict[str, str] = field(default_factory=dict)
+    """Why each FineTuneJob's progress record could not be read last time (absent: it could)."""
     expired: set[str] = field(default_factory=set)
     """FineTuneJobs whose children were deleted after ttlSecondsAfterFinished by this process."""
-    kopf_context: contextvars.Context | None = None
-    """A copy of the context kopf processes objects in (its event queue lives there), for the resync."""
 
     def api(self) -> Kube:
         if self.kube is None:
@@ -68,6 +75,8 @@ class Runtime:
         self.progress_read_at.pop(uid, None)
         self.applied_records.pop(uid, None)
         self.reconciled_jobs.pop(uid, None)
+        self.progress_errors.pop(uid, None)
+        self.told.pop(uid, None)
         self.expired.discard(uid)
 
     def progress_due(self, uid: str) -> bool:
@@ -113,27 +122,62 @@ def parse_status(model: type[M], body: Mapping[str, Any]) -> M | None:
 def write_status(
     plural: str, body: Mapping[str, Any], old: ApiModel | None, new: ApiModel, verdict: Verdict
 ) -> None:
-    """Patch the status when it changed; post an event when the phase or reason did."""
+    """Patch the status when it changed; post an event and log a line when the phase or reason did.
+
+    Only a transition is told (against the stored status, re-read by every path but kopf's change
+    handlers, whose body is the event's own), so a reconcile that repeats finds nothing to say."""
     meta = body["metadata"]
-    metrics.PHASES.set(plural, meta["uid"], str(verdict.phase))
+    metrics.PHASES.set(KIND_OF[plural], meta["uid"], str(verdict.phase))
+    # What this process last wrote or found wins over ``old``: a body read just before another
+    # reconcile of the object wrote its status would tell that transition again.
+    now_told = (str(verdict.phase), verdict.reason)
+    before = RUNTIME.told.get(meta["uid"]) or _phase_reason(old)
     old_wire = old.to_wire() if old else {}
     new_wire = new.to_wire()
     if old_wire == new_wire:
+        RUNTIME.told[meta["uid"]] = now_told
         return
     # Fields that disappeared are removed explicitly (a merge patch keeps what it is not told about).
     patch: dict[str, Any] = {k: None for k in old_wire if k not in new_wire}
     patch.update(new_wire)
     RUNTIME.api().patch_status(plural, meta["namespace"], meta["name"], patch)
-    before = _phase_reason(old)
-    if before != (str(verdict.phase), verdict.reason):
+    RUNTIME.told[meta["uid"]] = now_told
+    if before != now_told:
         kind = (
             "Warning"
             if str(verdict.phase) in WARNING_PHASES or verdict.reason.endswith("Failed")
             else "Normal"
         )
-        kopf.event(
-            body, type=kind, reason=verdict.reason, message=f"{verdict.phase}: {verdict.message}"[:1024]
+        message = f"{verdict.phase}: {verdict.message}"[:1024]
+        ref = f"{KIND_OF[plural]} {meta['namespace']}/{meta['name']}"
+        log.log(
+            logging.WARNING if kind == "Warning" else logging.INFO,
+            "%s: %s (%s)",
+            ref,
+            message,
+            verdict.reason,
         )
+        try:
+            RUNTIME.api().post_event(body, kind, verdict.reason, message)
+        except ApiError as exc:  # an event is worth a try, never a failed reconcile
+            log.warning("%s: event %s not posted: %s", ref, verdict.reason, exc)
+
+
+def is_deletion(event: Mapping[str, Any], **_: Any) -> bool:
+    """A ``when=`` filter: only the DELETED watch event (kopf logs a line for every handler it calls)."""
+    return event.get("type") == "DELETED"
+
+
+def forget_deleted(plural: str, event: Mapping[str, Any]) -> None:
+    """On a DELETED watch event: drop the object from the phase gauge and the per-object memory.
+
+    A watch event, not a delete handler: without a finalizer kopf calls no delete handler for an
+    object that is simply gone (background deletion), only for one whose deletion waits on a finalizer.
+    """
+    if event.get("type") == "DELETED":
+        uid = event["object"]["metadata"]["uid"]
+        RUNTIME.forget(uid)
+        metrics.PHASES.drop(KIND_OF[plural], uid)
 
 
 def observe(

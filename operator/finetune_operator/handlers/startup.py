@@ -38,12 +38,12 @@ async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **k
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration"
     )
-    # No handler needs a finalizer (no timers or daemons, the delete handler is optional); one left
-    # by an older version carries our name, not kopf's.
+    # No handler needs a finalizer (no timers, daemons or delete handlers: a deletion is a watch
+    # event); one left by an older version carries our name, not kopf's.
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
-    # Events for transitions are posted explicitly; kopf's own per-handler chatter stays in the log.
+    # Events for transitions are posted by write_status; kopf's own per-handler chatter stays in the log.
     settings.posting.level = logging.WARNING
-    settings.posting.reporting_component = "finetune-operator"
+    settings.posting.reporting_component = kube.REPORTING_COMPONENT
     settings.posting.event_name_prefix = "finetune-"
     # Watched namespaces are exact names (the chart's schema): a namespaced operator neither lists nor
     # watches Namespaces (no cluster-wide grant for it) and scans the served resources once at start.

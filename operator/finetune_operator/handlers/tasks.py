@@ -22,7 +22,17 @@ from ..status.conditions import Verdict
 from ..status.observe import JobObservation
 from ..status.tasks import dataset_status, export_gate, export_status, export_verdict
 from .indexes import indexed_dataset, indexed_job
-from .runtime import RUNTIME, now, observe, parse, parse_status, run_guarded, write_status
+from .runtime import (
+    RUNTIME,
+    forget_deleted,
+    is_deletion,
+    now,
+    observe,
+    parse,
+    parse_status,
+    run_guarded,
+    write_status,
+)
 
 DATASETS: Final = ("finetune.dev", "v1alpha1", "datasets")
 EXPORTS: Final = ("finetune.dev", "v1alpha1", "exports")
@@ -56,7 +66,7 @@ def reconcile_dataset(body: Mapping[str, Any]) -> None:
         and old.observed_generation == generation
         and old.phase in (DatasetPhase.READY, DatasetPhase.INVALID)
     ):
-        metrics.PHASES.set("datasets", body["metadata"]["uid"], str(old.phase))
+        metrics.PHASES.set("Dataset", body["metadata"]["uid"], str(old.phase))
         return
     errors = dataset_cluster_errors(ds.spec)
     if errors:  # the validation pod could not read it either
@@ -77,6 +87,7 @@ def reconcile_export(body: Mapping[str, Any]) -> None:
     export, old = parse(Export, body), parse_status(ExportStatus, body)
     generation = export.metadata.generation
     if old and old.phase in (ExportPhase.SUCCEEDED, ExportPhase.FAILED):
+        metrics.PHASES.set("Export", body["metadata"]["uid"], str(old.phase))
         return
     source = None
     if export.spec.fine_tune_job_ref:
@@ -84,29 +95,20 @@ def reconcile_export(body: Mapping[str, Any]) -> None:
         if raw is not None:
             source = parse(FineTuneJob, raw)
             source.status = parse_status(FineTuneJobStatus, raw)
-    errors = export_cluster_errors(export.spec)
-    refusal = Verdict(ExportPhase.FAILED, r.INVALID_SPEC, "; ".join(map(str, errors))) if errors else None
-    gate = refusal or export_gate(export, source)
-    if gate is not None:
-        write_status(
-            "exports",
-            body,
-            old,
-            export_status(export, old, gate, None, generation=generation, now=now()),
-            gate,
-        )
-        if gate.phase == ExportPhase.FAILED:
-            raise kopf.PermanentError(gate.message)
-        raise kopf.TemporaryError(gate.message, delay=RUNTIME.settings.resync_seconds)
-    owner = _owner("Export", body)
     calibration = None
     quantization = export.spec.quantization
     if quantization is not None and quantization.calibration_dataset:
         calibration = indexed_dataset(body["metadata"]["namespace"], quantization.calibration_dataset)
-        if calibration is None:
-            raise kopf.TemporaryError(
-                f"calibration Dataset {quantization.calibration_dataset!r} not found", delay=30
-            )
+    errors = export_cluster_errors(export.spec)
+    refusal = Verdict(ExportPhase.FAILED, r.INVALID_SPEC, "; ".join(map(str, errors))) if errors else None
+    gate = refusal or export_gate(export, source, calibration)
+    if gate is not None:
+        # Nothing raised: the status, its event and log line say why (a kopf error would repeat it as
+        # an ERROR line and an Error event); the shared resync looks at a Waiting Export again.
+        status = export_status(export, old, gate, None, generation=generation, now=now())
+        write_status("exports", body, old, status, gate)
+        return
+    owner = _owner("Export", body)
     config_map, job = build_export(export, source, owner, RUNTIME.settings, calibration)
     obs = _run_job(kube, owner, EXPORTER, config_map, job)
     verdict = export_verdict(obs)
@@ -147,6 +149,18 @@ def resync_task(kind: str, namespace: str, name: str) -> None:
         _run(kind, body, permanent=False)
 
 
+@kopf.on.event(*DATASETS, when=is_deletion)
+async def dataset_event(event: Mapping[str, Any], **_: Any) -> None:
+    """A Dataset is gone: its validation Job goes with it (ownerReferences), only our memory is left."""
+    forget_deleted("datasets", event)
+
+
+@kopf.on.event(*EXPORTS, when=is_deletion)
+async def export_event(event: Mapping[str, Any], **_: Any) -> None:
+    """An Export is gone: its Job goes with it (ownerReferences), only our memory is left."""
+    forget_deleted("exports", event)
+
+
 def _task_owned(value: str | None, **_: Any) -> bool:
     return value in ("dataset", "export")
 
@@ -162,10 +176,15 @@ def task_job_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> None:
     if owner is None or event.get("type") == "DELETED":
         return
     plural = "datasets" if owner["kind"] == "Dataset" else "exports"
-    parent = RUNTIME.api().read_custom(plural, body["metadata"]["namespace"], owner["name"])
-    if (
-        parent is not None
-        and parent["metadata"]["uid"] == owner["uid"]
-        and not parent["metadata"].get("deletionTimestamp")
-    ):
-        _run(owner["kind"], parent, permanent=False)
+    with RUNTIME.exclusive(
+        owner["uid"]
+    ):  # read under the lock: no other reconcile replaces its status meanwhile
+        parent = RUNTIME.api().read_custom(plural, body["metadata"]["namespace"], owner["name"])
+        if (
+            parent is not None
+            and parent["metadata"]["uid"] == owner["uid"]
+            and not parent["metadata"].get("deletionTimestamp")
+        ):
+            _run(owner["kind"], parent, permanent=False)
+        else:
+            RUNTIME.forget(owner["uid"])  # the owner is gone: drop what this event's lock put back

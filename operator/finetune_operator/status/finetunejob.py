@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
+from finetune_api.common import Condition
 from finetune_api.dataset import DatasetPhase
 from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, JobOutputs, Phase, dataset_paths
-from finetune_api.progress import ProgressRecord
+from finetune_api.progress import PROGRESS_KEY, ProgressRecord
 from finetune_api.resources import Dataset
 from finetune_api.validation import check_dataset_refs
 
@@ -16,6 +18,28 @@ from .conditions import Verdict, set_conditions
 from .observe import JobObservation, parse_report
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
+
+
+@dataclass(frozen=True)
+class ProgressRead:
+    """One read of the trainer's progress record: the record (None when absent or unreadable) and,
+    when it could not be read, why (shown in the ProgressUnavailable condition)."""
+
+    record: Mapping[str, Any] | None
+    error: str | None = None
+
+
+def progress_condition(
+    old: list[Condition], uri: str, read: ProgressRead
+) -> dict[str, tuple[bool, str, str]]:
+    """ProgressUnavailable: True while reading ``<uri>/progress.json`` fails; False once it works again
+    (and absent for a job whose reads never failed)."""
+    where = f"{uri.rstrip('/')}/{PROGRESS_KEY}"
+    if read.error is not None:
+        return {r.PROGRESS_UNAVAILABLE: (True, r.PROGRESS_READ_FAILED, f"cannot read {where}: {read.error}")}
+    if any(c.type == r.PROGRESS_UNAVAILABLE for c in old):
+        return {r.PROGRESS_UNAVAILABLE: (False, r.PROGRESS_READABLE, f"{where} is readable again")}
+    return {}
 
 
 def dataset_gate(spec: FineTuneJobSpec, datasets: Mapping[str, Dataset]) -> Verdict | None:
@@ -98,32 +122,73 @@ def job_verdict(spec: FineTuneJobSpec, obs: JobObservation) -> Verdict:
         pod, why = obs.image_pull
         return Verdict(Phase.PENDING, r.IMAGE_PULL_FAILED, f"pod {pod} cannot pull its image: {why}")
     if obs.running_pods >= spec.resources.nodes:
-        return Verdict(Phase.RUNNING, r.TRAINING_RUNNING, f"{obs.running_pods} pod(s) training")
+        running = f"{obs.running_pods} of {spec.resources.nodes} pod(s) running"
+        return Verdict(Phase.RUNNING, r.TRAINING_RUNNING, running)
     if obs.failures:
         last = obs.failures[-1]
-        return Verdict(
-            Phase.PENDING, r.RESTARTING,
-            f"pod {last.pod} failed ({last.reason or 'exit code ' + str(last.exit_code)}); "
-            f"retry {obs.failed} of {spec.backoff_limit} resumes from the last checkpoint",
-        )  # fmt: skip
+        retry = (
+            f"retry {obs.failed} of {spec.backoff_limit} resumes from the last checkpoint"
+            if obs.failed <= spec.backoff_limit
+            else f"no retry left (backoffLimit {spec.backoff_limit})"
+        )
+        why = last.reason or f"exit code {last.exit_code}"
+        return Verdict(Phase.PENDING, r.RESTARTING, f"pod {last.pod} failed ({why}); {retry}")
     return Verdict(Phase.PENDING, r.PODS_PENDING, "waiting for the training pods to start")
 
 
+_NOT_RUNNING: Final = {
+    Phase.PREPARING: "not started: waiting for the Datasets",
+    Phase.SUCCEEDED: "training finished",
+    Phase.FAILED: "training stopped: the job failed",
+    Phase.SUSPENDED: "suspended: no pod runs",
+}
+_NOT_DONE: Final = {
+    Phase.PREPARING: "not started yet",
+    Phase.PENDING: "not started yet",
+    Phase.RUNNING: "training in progress",
+    Phase.FAILED: "the job failed",
+    Phase.SUSPENDED: "suspended before the end",
+}
+
+
 def job_conditions(verdict: Verdict) -> dict[str, tuple[bool, str, str]]:
-    """The six condition types of a FineTuneJob for one verdict."""
-    refused = verdict.reason in r.REFUSALS
-    preparing = verdict.phase == Phase.PREPARING
-    phase, why, msg = verdict.phase, verdict.reason, verdict.message
+    """The six condition types of a FineTuneJob for one verdict, each with a message of its own.
+
+    Every condition carries the verdict's reason (the event dedupe reads it off Running); the verdict's
+    message goes on the condition it is about, the others say what they mean in this phase.
+    """
+    phase, why, msg = Phase(verdict.phase), verdict.reason, verdict.message
+    refused = why in r.REFUSALS
+    spec_refused = refused and why != r.DATASET_INVALID
+    if why in (r.DATASET_INVALID, r.DATASET_NOT_READY):
+        ready = (False, why, msg)
+    elif spec_refused:
+        ready = (False, why, "not checked: the spec was refused")
+    else:
+        ready = (True, r.DATASETS_READY, "every Dataset is Ready")
+    if phase in (Phase.RUNNING, Phase.PENDING):
+        running = (phase == Phase.RUNNING, why, msg)
+    else:
+        running = (False, why, _NOT_RUNNING[phase])
+    if spec_refused:
+        accepted = (False, why, msg)
+    elif refused:
+        accepted = (False, why, "refused: a Dataset does not suit this job (see Ready)")
+    else:
+        accepted = (True, r.SPEC_ACCEPTED, "spec validated")
     return {
-        r.ACCEPTED: (False, why, msg) if refused else (True, r.SPEC_ACCEPTED, "the spec is valid"),
-        r.READY: (False, why, msg)
-        if refused or preparing
-        else (True, r.DATASETS_READY, "every Dataset is Ready"),
-        r.RUNNING: (phase == Phase.RUNNING, why, msg),
-        r.SUCCEEDED: (phase == Phase.SUCCEEDED, why, msg),
-        r.FAILED: (phase == Phase.FAILED, why, msg),
-        r.SUSPENDED: (phase == Phase.SUSPENDED, why, msg),
+        r.ACCEPTED: accepted,
+        r.READY: ready,
+        r.RUNNING: running,
+        r.SUCCEEDED: (True, why, msg) if phase == Phase.SUCCEEDED else (False, why, _NOT_DONE[phase]),
+        r.FAILED: (True, why, msg) if phase == Phase.FAILED else (False, why, "no failure"),
+        r.SUSPENDED: (True, why, msg) if phase == Phase.SUSPENDED else (False, why, "spec.suspend is false"),
     }
+
+
+def status_reason(phase: Phase, reason: str) -> str | None:
+    """status.reason (the Reason column): why the object waits or failed; None while all goes well."""
+    return None if phase in (Phase.RUNNING, Phase.SUCCEEDED) else reason or None
 
 
 def parse_record(record: Mapping[str, Any]) -> ProgressRecord | None:
@@ -156,12 +221,18 @@ def build_job_status(
     obs: JobObservation | None = None,
     record: Mapping[str, Any] | None = None,
     estimate_gib: float | None = None,
+    progress_read: ProgressRead | None = None,
 ) -> FineTuneJobStatus:
-    """The new status: ``old`` updated with the verdict, the Job's facts and the trainer's record."""
+    """The new status: ``old`` updated with the verdict, the Job's facts and the trainer's record
+    (``progress_read``: the outcome of a read of it made for this status, if any)."""
     status = old.model_copy(deep=True) if old else FineTuneJobStatus()
     status.phase = Phase(verdict.phase)
+    status.reason = status_reason(status.phase, verdict.reason)
     status.observed_generation = generation
-    status.conditions = set_conditions(status.conditions, job_conditions(verdict), generation, now)
+    desired = job_conditions(verdict)
+    if progress_read is not None and spec.output is not None:
+        desired |= progress_condition(status.conditions, spec.output.uri, progress_read)
+    status.conditions = set_conditions(status.conditions, desired, generation, now)
     if estimate_gib is not None:
         status.gpu_memory_estimate_gib = estimate_gib
     if obs is not None:
@@ -172,7 +243,7 @@ def build_job_status(
         record = final or record
     parsed = parse_record(record) if record else None
     if parsed is not None:
-        status.progress = parsed.progress()
+        status.progress = parsed.progress().with_display()
         status.last_checkpoint = parsed.last_checkpoint or status.last_checkpoint
         status.evaluation = parsed.evaluation or status.evaluation
     if status.phase in TERMINAL:

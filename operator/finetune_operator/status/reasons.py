@@ -12,6 +12,8 @@ SUCCEEDED: Final = "Succeeded"
 FAILED: Final = "Failed"
 SUSPENDED: Final = "Suspended"
 JOB_CONDITIONS: Final = (ACCEPTED, READY, RUNNING, SUCCEEDED, FAILED, SUSPENDED)
+# Set on a FineTuneJob only once reading its progress record failed.
+PROGRESS_UNAVAILABLE: Final = "ProgressUnavailable"
 # Condition type of a Dataset.
 VALIDATED: Final = "Validated"
 
@@ -32,6 +34,8 @@ IMAGE_PULL_FAILED: Final = "ImagePullFailed"
 RESTARTING: Final = "Restarting"
 TRAINING_RUNNING: Final = "TrainingRunning"
 SUSPENDED_BY_USER: Final = "SuspendedByUser"
+PROGRESS_READ_FAILED: Final = "ProgressReadFailed"
+PROGRESS_READABLE: Final = "ProgressReadable"
 
 # Endings.
 TRAINING_SUCCEEDED: Final = "TrainingSucceeded"

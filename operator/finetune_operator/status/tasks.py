@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from pydantic import ValidationError
 
 from finetune_api.dataset import DatasetPhase, DatasetStatus
 from finetune_api.export import ExportOutputs, ExportPhase, ExportStatus
 from finetune_api.finetunejob import Phase
-from finetune_api.resources import Export, FineTuneJob
+from finetune_api.resources import Dataset, Export, FineTuneJob
 
 from . import reasons as r
 from .conditions import Verdict, set_conditions
@@ -58,13 +60,21 @@ def dataset_status(
         tail = obs.last_message() or obs.failed_message
         verdict = Verdict(DatasetPhase.INVALID, r.VALIDATION_FAILED, f"validation failed: {tail}"[:1024])
     status.phase = DatasetPhase(verdict.phase)
+    status.reason = verdict.reason if status.phase == DatasetPhase.INVALID else None
     validated = {r.VALIDATED: (status.phase == DatasetPhase.READY, verdict.reason, verdict.message)}
     status.conditions = set_conditions(status.conditions, validated, generation, now)
     return status, verdict
 
 
-def export_gate(export: Export, job: FineTuneJob | None) -> Verdict | None:
-    """None when the Export may run; else why it waits or fails (its FineTuneJob did)."""
+def export_gate(
+    export: Export, job: FineTuneJob | None, calibration: Dataset | None = None
+) -> Verdict | None:
+    """None when the Export may run; else why it waits (for its FineTuneJob or its calibration Dataset)
+    or fails (its FineTuneJob did). ``calibration``: the calibration Dataset as found, if any."""
+    quantization = export.spec.quantization
+    wanted = quantization.calibration_dataset if quantization else None
+    if wanted and calibration is None:
+        return Verdict(ExportPhase.WAITING, r.DATASET_NOT_READY, f"calibration Dataset {wanted!r} not found")
     ref = export.spec.fine_tune_job_ref
     if ref is None:
         return None
@@ -99,6 +109,32 @@ def export_verdict(obs: JobObservation) -> Verdict:
     return Verdict(ExportPhase.PENDING, r.PODS_PENDING, "waiting for the export pod to start")
 
 
+_EXPORT_NOT_RUNNING: Final = {
+    ExportPhase.SUCCEEDED: "export finished",
+    ExportPhase.FAILED: "export stopped: it failed",
+}
+_EXPORT_NOT_DONE: Final = {
+    ExportPhase.PENDING: "not started yet",
+    ExportPhase.WAITING: "not started yet",
+    ExportPhase.RUNNING: "export in progress",
+    ExportPhase.FAILED: "the export failed",
+}
+
+
+def export_conditions(verdict: Verdict) -> dict[str, tuple[bool, str, str]]:
+    """Running, Succeeded and Failed of an Export, each with its own message (and the verdict's reason)."""
+    phase, why, msg = ExportPhase(verdict.phase), verdict.reason, verdict.message
+    return {
+        r.RUNNING: (True, why, msg)
+        if phase == ExportPhase.RUNNING
+        else (False, why, _EXPORT_NOT_RUNNING.get(phase, msg)),
+        r.SUCCEEDED: (True, why, msg)
+        if phase == ExportPhase.SUCCEEDED
+        else (False, why, _EXPORT_NOT_DONE[phase]),
+        r.FAILED: (True, why, msg) if phase == ExportPhase.FAILED else (False, why, "no failure"),
+    }
+
+
 def export_status(
     export: Export,
     old: ExportStatus | None,
@@ -111,16 +147,10 @@ def export_status(
     """The new Export status: phase, Succeeded/Failed conditions, outputs from the Job's report."""
     status = old.model_copy(deep=True) if old else ExportStatus()
     status.phase = ExportPhase(verdict.phase)
+    quiet = (ExportPhase.RUNNING, ExportPhase.SUCCEEDED)
+    status.reason = None if status.phase in quiet else verdict.reason
     status.observed_generation = generation
-    desired = {
-        kind: (status.phase == phase, verdict.reason, verdict.message)
-        for kind, phase in (
-            (r.RUNNING, ExportPhase.RUNNING),
-            (r.SUCCEEDED, ExportPhase.SUCCEEDED),
-            (r.FAILED, ExportPhase.FAILED),
-        )
-    }
-    status.conditions = set_conditions(status.conditions, desired, generation, now)
+    status.conditions = set_conditions(status.conditions, export_conditions(verdict), generation, now)
     if obs is not None:
         status.job_name = obs.name
         status.start_time = status.start_time or obs.start_time
