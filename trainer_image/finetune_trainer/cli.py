@@ -76,7 +76,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Train locally, exactly as the trainer pod would."""
     from .run import run_from_files  # imports torch: only here
 
-    return run_from_files(args.files, job_name=args.job, output=args.output)
+    return run_from_files(
+        args.files, job_name=args.job, output=args.output, overwrite=args.overwrite, resume=args.resume
+    )
 
 
 def cmd_validate_data(args: argparse.Namespace) -> int:
@@ -119,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", help="the FineTuneJob and its Datasets (one or more YAML files)")
     p.add_argument("--job", help="which FineTuneJob to run when the files hold several")
     p.add_argument("--output", help="override spec.output.uri")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard the run already in the output location and start afresh",
+    )
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the output location although the spec changed, where its checkpoints allow",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate-data", help="check Datasets' rows; DatasetStatus-shaped JSON report")
