@@ -166,11 +166,11 @@ def test_full_reward_model_runs_and_resumes_from_its_checkpoint(
         out=out,
         training={**training, "maxSteps": 6},
     )
-    second = execute(plan_run([str(longer)]))
+    second = execute(plan_run([str(longer)]), resume=True)  # more steps: the same run, continued
     assert second.global_step == 6
     assert second.resumed_from is not None and second.resumed_from.endswith("checkpoint-4")
     steps = [r for r in logged(out, "reward")]
-    assert len(steps) == 2, "the resumed run logs only steps 5 and 6"
+    assert len(steps) == 6, "steps 1-4 carried on from the checkpoint, 5 and 6 trained by the resumed run"
     assert all(math.isfinite(v) for v in logged(out, "loss"))
 
 

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,28 @@ def _children(pid: int) -> list[int]:
     return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
 
 
+def _signal_when_ready(
+    cmd: list[str], *, cwd: Path, ready: Callable[[], bool], what: str, send: Callable[[int], None]
+) -> tuple[int, str]:
+    """Start ``cmd``, wait (with a deadline) until ``ready``, call ``send(pid)``; its exit code and stderr."""
+    env = {**os.environ, "FINETUNE_METRICS_PORT": "0"}
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(ready, timeout=240, what=what)
+        send(proc.pid)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
+def _progress(out: Path) -> dict[str, Any]:
+    path = out / "progress.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare for a PID namespace")
 def test_sigterm_ends_a_run_promptly_even_as_pid_1(tmp_path: Path) -> None:
     # In a pod the trainer is PID 1, and PID 1 gets no signal it does not handle: without the
@@ -221,36 +243,47 @@ def test_sigterm_ends_a_run_promptly_even_as_pid_1(tmp_path: Path) -> None:
         training={"maxSteps": 100_000, "saveSteps": 1000},
         output={"uri": f"file://{out}"},
     )
-    cmd = ["unshare", "--pid", "--fork", sys.executable, "-m", "finetune_trainer.cli", "run", str(job)]
-    env = {**os.environ, "FINETUNE_METRICS_PORT": "0"}
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(
-            lambda: (
-                (out / "progress.json").is_file()
-                and json.loads((out / "progress.json").read_text()).get("step", 0) >= 2
-            ),
-            timeout=240,
-            what="training to be under way",
-        )
-        (trainer,) = _children(proc.pid)  # PID 1 of the new namespace
-        (nspid,) = [
-            line
-            for line in Path(f"/proc/{trainer}/status").read_text().splitlines()
-            if line.startswith("NSpid:")
-        ]
+
+    def terminate_pid_1(pid: int) -> None:
+        (trainer,) = _children(pid)  # PID 1 of the new namespace
+        status = Path(f"/proc/{trainer}/status").read_text().splitlines()
+        (nspid,) = [line for line in status if line.startswith("NSpid:")]
         assert nspid.split()[-1] == "1", nspid  # its PID in the innermost namespace
         os.kill(trainer, signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, err[-3000:]
+
+    code, err = _signal_when_ready(
+        ["unshare", "--pid", "--fork", sys.executable, "-m", "finetune_trainer.cli", "run", str(job)],
+        cwd=tmp_path,
+        ready=lambda: _progress(out).get("step", 0) >= 2,
+        what="training to be under way",
+        send=terminate_pid_1,
+    )
+    assert code == 143, err[-3000:]
     assert "terminated by SIGTERM" in err and "Traceback" not in err
+    assert "no checkpoint was saved yet" in err and "resumes from" not in err, "no checkpoint to promise"
     progress = json.loads((out / "progress.json").read_text())
     assert progress["phase"] == "Failed" and "SIGTERM" in progress["message"]
     assert progress["step"] < 100_000
+
+
+def test_ctrl_c_ends_a_run_with_one_line_and_exit_130(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    job = write_job(
+        tmp_path / "int.yaml", training={"maxSteps": 100_000, "saveSteps": 2}, output={"uri": f"file://{out}"}
+    )
+    code, err = _signal_when_ready(
+        [sys.executable, "-m", "finetune_trainer.cli", "run", str(job)],
+        cwd=tmp_path,
+        ready=lambda: "lastCheckpoint" in _progress(out),
+        what="the first checkpoint",
+        send=lambda pid: os.kill(pid, signal.SIGINT),  # what Ctrl-C in a terminal delivers
+    )
+    assert code == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "interrupted (Ctrl-C); the next run resumes from file://" in line and "checkpoint-" in line
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["phase"] == "Failed" and "interrupted" in progress["message"]
 
 
 def test_killed_run_resumes_from_its_s3_checkpoint(
@@ -283,10 +316,10 @@ def test_killed_run_resumes_from_its_s3_checkpoint(
     assert "resuming from" in second.stderr
     progress = read_json(store, "progress.json")
     assert progress["phase"] == "Succeeded" and progress["step"] == 60
-    log_steps = [
-        json.loads(line)["step"] for line in store.get_bytes("trainer_log.jsonl").decode().splitlines()
-    ]
-    assert log_steps[0] > 5, "the second run started over instead of resuming"
+    records = [json.loads(line) for line in store.get_bytes("trainer_log.jsonl").decode().splitlines()]
+    log_steps = [r["step"] for r in records if "loss" in r]
+    # The history up to the checkpoint came with it; the resumed run appended the rest, once each.
+    assert log_steps == list(range(1, 61)), log_steps
     assert store.exists("adapter/manifest.json")
     kept = sorted(
         k for k in ("checkpoint-55", "checkpoint-60") if store.exists(f"checkpoints/{k}/manifest.json")

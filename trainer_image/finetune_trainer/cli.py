@@ -85,7 +85,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not files:
         print("error: no file given (FILE... then key=value overrides)", file=sys.stderr)
         return 2
-    return run_from_files(files, job_name=args.job, output=args.output, overrides=overrides)
+    return run_from_files(
+        files,
+        job_name=args.job,
+        output=args.output,
+        overrides=overrides,
+        overwrite=args.overwrite,
+        resume=args.resume,
+    )
 
 
 def cmd_validate_data(args: argparse.Namespace) -> int:
@@ -162,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--job", help="which FineTuneJob to run when the files hold several")
     p.add_argument("--output", help="override spec.output.uri")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard the run already in the output location and start afresh",
+    )
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the output location although the spec changed, where its checkpoints allow",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate-data", help="check Datasets' rows; exit 1 when a row is invalid")

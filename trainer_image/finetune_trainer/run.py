@@ -13,9 +13,10 @@ from typing import Any
 from finetune_api.dataset import DatasetSpec
 from finetune_api.manifests import apply_overrides, load_documents
 from finetune_api.resources import Dataset, FineTuneJob
+from finetune_api.runidentity import RunIdentity, SpecDifference
 from finetune_api.validation import validate_documents
 
-from .terminate import Terminated, guarded
+from .terminate import INTERRUPTED_MESSAGE, Terminated, guarded
 
 log = logging.getLogger("finetune")
 
@@ -71,31 +72,74 @@ def plan_run(
     return RunPlan(job, datasets, uri, documents)
 
 
-def execute(plan: RunPlan) -> Any:
-    """Run the plan's stage; returns the recipe's outcome. Imports the training stack."""
+def execute(plan: RunPlan, *, overwrite: bool = False, resume: bool = False) -> Any:
+    """Run the plan's stage; returns the recipe's outcome, or AlreadyFinished. Imports the training stack.
+
+    The output location decides first, before any model is loaded (see ``train.rerun``): the same
+    spec resumes or is already finished, a different one raises RunConflict unless ``overwrite``
+    (start afresh) or ``resume`` (continue despite differences that keep checkpoints compatible).
+    """
     from transformers import set_seed
 
     from .data import dataset_config
     from .train.recipes import recipe_for
-    from .train.workspace import open_workspace
+    from .train.rerun import AlreadyFinished, Start, prepare_output
+    from .train.workspace import ADAPTER, global_rank, open_workspace, output_store
 
     recipe = recipe_for(plan.job.spec.method.stage)  # refuses a stage not available yet, before any work
+    store = output_store(plan.job.spec, plan.output_uri)
+    identity = RunIdentity.of(plan.job.metadata.name, plan.job.spec, {n: s for n, s, _ in plan.datasets})
+    decision = prepare_output(store, identity, overwrite=overwrite, resume=resume, main=global_rank() == 0)
+    if decision.start is Start.FINISHED:
+        return AlreadyFinished(str(store.uri.join(ADAPTER)))
+    log.info(
+        "running %s (stage %s) → %s",
+        plan.job.metadata.name,
+        plan.job.spec.method.stage.value,
+        plan.output_uri,
+    )
     # Seeded before any model is built: adapter and head initialisation come before the Trainer's
     # own seeding, and two runs of one spec must train the same weights.
     set_seed(plan.job.spec.training.seed)
     share = any(spec.prepare for _, spec, _ in plan.datasets)
-    ws = open_workspace(plan.job.metadata.name, plan.job.spec, plan.output_uri, share_prepared=share)
+    ws = open_workspace(
+        plan.job.metadata.name,
+        plan.job.spec,
+        plan.output_uri,
+        share_prepared=share,
+        resume=decision.start is Start.RESUME,
+    )
+    ws.learning_rate_scale = learning_rate_scale(decision.differences)
     configs = [dataset_config(spec, name=name, weight=weight) for name, spec, weight in plan.datasets]
     try:
         outcome = recipe(ws, configs, plan.documents)
-    except Terminated as exc:  # the pod is going away: no waiting for uploads in flight
-        ws.close(failed=str(exc), wait_for_uploads=False)
-        raise
+    except (Terminated, KeyboardInterrupt) as exc:  # going away: no waiting for uploads in flight
+        message = f"{str(exc) or INTERRUPTED_MESSAGE}; {resume_hint(ws.reporter)}"
+        ws.close(failed=message, wait_for_uploads=False)
+        raise type(exc)(message) from None
     except BaseException as exc:
         ws.close(failed=f"{type(exc).__name__}: {exc}")
         raise
     ws.close()
     return outcome
+
+
+def learning_rate_scale(differences: Sequence[SpecDifference]) -> float:
+    """New over old spec.training.learningRate among ``--resume``'s accepted differences; 1 when unchanged."""
+    for d in differences:
+        if d.path == "spec.training.learningRate" and isinstance(d.old, float) and isinstance(d.new, float):
+            return d.new / d.old
+    return 1.0
+
+
+def resume_hint(reporter: Any) -> str:
+    """What the next run starts from: the newest complete checkpoint, only when there is one."""
+    last = reporter.record.last_checkpoint if reporter is not None else None
+    if last:
+        return f"the next run resumes from {last}"
+    if reporter is None:  # a rank other than 0 does not follow the uploads
+        return "the next run resumes from the newest complete checkpoint, if any"
+    return "no checkpoint was saved yet: the next run starts from step 0"
 
 
 def run_from_files(
@@ -104,29 +148,39 @@ def run_from_files(
     job_name: str | None = None,
     output: str | None = None,
     overrides: Sequence[str] = (),
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> int:
-    """The CLI's `run`: exit 0 on success, 1 with a clear message (no traceback) on bad input."""
+    """The CLI's `run`: exit 0 on success (or when the run had finished already), 1 with a clear
+    message (no traceback) on bad input or a different run in the output location."""
+    from .progress import ProgressReporter
+    from .train.rerun import AlreadyFinished, RunConflict
+
     logging.basicConfig(
         level=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
     )
     try:
         plan = plan_run(files, job_name=job_name, output=output, overrides=overrides)
-        log.info(
-            "running %s (stage %s) → %s",
-            plan.job.metadata.name,
-            plan.job.spec.method.stage.value,
-            plan.output_uri,
-        )
-        outcome = execute(plan)
+        outcome = execute(plan, overwrite=overwrite, resume=resume)
+    except RunConflict as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        # In a pod the termination message carries it to the FineTuneJob's status; the other run's
+        # progress.json is left as it is.
+        ProgressReporter(show_bar=False).finish("Failed", str(exc))
+        return 1
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if outcome.adapter_uri:
+    if isinstance(outcome, AlreadyFinished):
+        print(
+            f"{plan.job.metadata.name}: already finished in {plan.output_uri} (adapter at "
+            f"{outcome.adapter_uri}); nothing to do (--overwrite trains it again)",
+            file=sys.stderr,
+        )
+    elif outcome.adapter_uri:
+        loss = f"{outcome.train_loss:.4g}" if outcome.train_loss is not None else "n/a"
         log.info(
-            "done: %d steps, train loss %s, adapter at %s",
-            outcome.global_step,
-            outcome.train_loss,
-            outcome.adapter_uri,
+            "done: %d steps, train loss %s, adapter at %s", outcome.global_step, loss, outcome.adapter_uri
         )
     return 0
 

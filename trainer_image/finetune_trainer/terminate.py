@@ -9,6 +9,8 @@ the memory limit and fails on at once.
 With :func:`guarded`, SIGTERM raises :class:`Terminated` in the main thread: the run writes its
 final progress record (Failed, "terminated by SIGTERM") without waiting for uploads in flight — an
 unfinished checkpoint has no manifest and is never resumed from — and the process exits 143.
+Ctrl-C (SIGINT, a KeyboardInterrupt) ends a run the same way, with exit code 130. The trainer adds to
+the message whether a checkpoint exists to resume from (see ``run.execute``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Final
+from typing import Final, NoReturn
 
 EXIT_CODE: Final = 128 + signal.SIGTERM  # what a shell reports for a process ended by SIGTERM
-MESSAGE: Final = "terminated by SIGTERM; the next run resumes from the last complete checkpoint"
+INTERRUPTED_EXIT_CODE: Final = 128 + signal.SIGINT  # ... and by SIGINT (Ctrl-C)
+MESSAGE: Final = "terminated by SIGTERM"
+INTERRUPTED_MESSAGE: Final = "interrupted (Ctrl-C)"
 
 
 class Terminated(BaseException):
@@ -34,8 +38,15 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
     raise Terminated(MESSAGE)
 
 
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+    raise KeyboardInterrupt(INTERRUPTED_MESSAGE)
+
+
 def guarded(main: Callable[[], int]) -> int:
     """Run ``main`` with SIGTERM raising :class:`Terminated`; on it, exit the process with :data:`EXIT_CODE`.
+
+    Ctrl-C likewise ends it with one line and :data:`INTERRUPTED_EXIT_CODE`, not a traceback.
 
     The exit is immediate (``os._exit`` after flushing): interpreter shutdown would otherwise join
     the upload threads still in flight. Off the main thread (where no handler can be set), ``main``
@@ -44,12 +55,20 @@ def guarded(main: Callable[[], int]) -> int:
     if threading.current_thread() is not threading.main_thread():
         return main()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupted)
     try:
         return main()
     except Terminated as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(EXIT_CODE)
+        _exit_now(str(exc), EXIT_CODE)
+    except KeyboardInterrupt as exc:
+        _exit_now(str(exc) or INTERRUPTED_MESSAGE, INTERRUPTED_EXIT_CODE)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+
+
+def _exit_now(message: str, code: int) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

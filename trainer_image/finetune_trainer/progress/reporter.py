@@ -1,5 +1,5 @@
-"""ProgressReporter: one call per logging step feeds the metrics, the progress record and the log's
-progress bar. It knows nothing of transformers; a TrainerCallback adapter wraps it."""
+"""ProgressReporter: one call per optimizer step moves the bar, one per logging step feeds the metrics,
+the progress record and the bar's loss. It knows nothing of transformers; a TrainerCallback adapter wraps it."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from finetune_api.evaluation import EvaluationStatus
 
@@ -72,22 +74,55 @@ class ProgressReporter:
         self._last_samples = 0
         self._finished = False
         self.record = ProgressRecord(step=0, total_steps=total_steps, phase="Running")
-        self._bar: Any = tqdm(
-            total=total_steps, desc="train", unit="step", disable=not show_bar, dynamic_ncols=True
-        )
+        self.show_bar = show_bar
+        # The bar appears when training starts (set_total_steps), not while data and model load.
+        self._bar: Any = None
+        self._bar_scope = ExitStack()
 
     @property
     def writes(self) -> int:
         """``progress.json`` writes that reached storage."""
         return self._writer.writes if self._writer else 0
 
-    def set_total_steps(self, total_steps: int) -> None:
-        """Set the planned steps once known (after the dataloader is built)."""
+    @property
+    def bar_position(self) -> int:
+        """The step the bar shows (0 before training starts)."""
+        return int(self._bar.n) if self._bar is not None else 0
+
+    def set_total_steps(self, total_steps: int, *, step: int = 0) -> None:
+        """Set the planned steps once known (training starts, at ``step`` when resumed); shows the bar."""
         with self._lock:
-            self.record = self.record.model_copy(update={"total_steps": total_steps})
-            self._bar.total = total_steps
+            self.record = self.record.model_copy(
+                update={"total_steps": total_steps, "step": step, "percent": _percent(step, total_steps)}
+            )
             if self.metrics:
                 self.metrics.total_steps.set(total_steps)
+            if self._bar is None:
+                if self.show_bar:  # log lines (uploads, warnings) print above the bar, not through it
+                    self._bar_scope.enter_context(logging_redirect_tqdm())
+                self._bar = tqdm(
+                    total=total_steps, initial=step, desc="train", unit="step",
+                    disable=not self.show_bar, dynamic_ncols=True,
+                )  # fmt: skip
+            else:
+                self._bar.total = total_steps
+
+    def on_step(self, step: int) -> None:
+        """One optimizer step is done: move the bar; the record's step and percent follow."""
+        with self._lock:
+            total = self.record.total_steps
+            self.record = self.record.model_copy(update={"step": step, "percent": _percent(step, total)})
+            if self._bar is not None and not self._bar.disable:
+                self._bar.update(max(step - self._bar.n, 0))
+            if self._last_write is not None and self._clock() - self._last_write >= self.write_interval_s:
+                self.flush()
+
+    def close_bar(self) -> None:
+        """Leave the bar's last state as one line (training is over; saving and uploads follow)."""
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()
+            self._bar_scope.close()
 
     def on_log(
         self,
@@ -117,7 +152,7 @@ class ProgressReporter:
                 "tokens_per_second": round(tps, 2) if tps is not None else None,
                 "eta_seconds": round(eta) if eta is not None else None,
                 "eta": format_duration(eta) if eta is not None else None,
-                "percent": round(min(100.0, 100.0 * step / total), 2) if total else None,
+                "percent": _percent(step, total),
             }
             self.record = self.record.model_copy(update={k: v for k, v in update.items() if v is not None})
             if self.metrics:
@@ -131,6 +166,11 @@ class ProgressReporter:
             if self._last_write is None or now - self._last_write >= self.write_interval_s:
                 self.flush()
             return self.record
+
+    def on_resume(self, uri: str) -> None:
+        """The run continues from checkpoint ``uri``: it is the newest complete one until the next."""
+        with self._lock:
+            self.record = self.record.model_copy(update={"last_checkpoint": uri})
 
     def on_checkpoint(self, uri: str) -> None:
         """A checkpoint is complete in storage (its manifest written): record it right away."""
@@ -158,15 +198,15 @@ class ProgressReporter:
             update: dict[str, Any] = {"phase": phase, "message": message[:MESSAGE_MAX] if message else None}
             if phase == "Succeeded":
                 update |= {"eta_seconds": 0, "eta": format_duration(0)}
-                if self.record.total_steps:
-                    update["percent"] = 100.0
+            # percent always follows step: a resumed or finished run never says step 0 at 100%
+            update["percent"] = _percent(self.record.step, self.record.total_steps)
             self.record = self.record.model_copy(update=update)
             self.flush()
             self._finished = True
             if self._writer is not None:
                 self._writer.close(timeout=FINAL_WRITE_TIMEOUT_S)
             self._write_termination_log()
-            self._bar.close()
+            self.close_bar()
             return self.record
 
     def flush(self) -> None:
@@ -183,7 +223,7 @@ class ProgressReporter:
         return self._writer.drain(timeout) if self._writer else True
 
     def _update_bar(self, step: int, loss: float | None, learning_rate: float | None) -> None:
-        if self._bar.disable:
+        if self._bar is None or self._bar.disable:
             return
         self._bar.update(max(step - self._bar.n, 0))
         postfix: dict[str, str] = {}
@@ -193,7 +233,7 @@ class ProgressReporter:
             postfix["lr"] = f"{learning_rate:.2e}"
         if self.record.tokens_per_second is not None:
             postfix["tok/s"] = f"{self.record.tokens_per_second:.0f}"
-        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.set_postfix(postfix)  # drawn now: the bar shows the loss of the step just logged
 
     def _write_termination_log(self) -> None:
         """The final record for the pod's status (``kubectl describe pod``); skipped when the path
@@ -206,3 +246,7 @@ class ProgressReporter:
                 fh.write(data)
         except OSError as exc:
             log.debug("termination log %s not written: %s", self.termination_log, exc)
+
+
+def _percent(step: int, total: int | None) -> float | None:
+    return round(min(100.0, 100.0 * step / total), 2) if total else None

@@ -11,6 +11,7 @@ from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer
 from ..data import DatasetConfig, PreparedData, ProcessingConfig, prepare_dataset
 from ..model.loader import load_tokenizer
 from ..model.sources import fetch_source
+from .callbacks import AlreadyTrained, RescaleLearningRate, StopWhenTrained
 from .workspace import TrainOutcome, Workspace
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,19 @@ def train_and_save(
     The final model (or adapter) goes to the output location with its manifest; rank 0 only.
     """
     trainer.remove_callback(PrinterCallback)  # our progress bar and trainer_log.jsonl report the logs
+    trainer.add_callback(StopWhenTrained())  # after ours: the progress record still learns the step
     resume = ws.resume_checkpoint()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    metrics = dict(result.metrics)
+    if resume is not None and ws.learning_rate_scale != 1.0:
+        trainer.add_callback(RescaleLearningRate(ws.learning_rate_scale))
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        metrics = dict(result.metrics)
+    except AlreadyTrained as done:  # killed after its last checkpoint: that checkpoint is the result
+        log.info("%s: saving it without training further", done)
+        if ws.reporter is not None:
+            ws.reporter.close_bar()
+        logged = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        metrics = {"train_loss": logged[-1]} if logged else {}
     if evaluate:
         metrics |= trainer.evaluate()
     adapter_uri = None

@@ -33,6 +33,7 @@ from ..data import (
 )
 from ..model import load_model_and_tokenizer, prepare_model_for_training
 from ..model.sources import fetch_source
+from .callbacks import rescale_learning_rate
 from .loop import tokenize_datasets
 from .ppo_loop import PpoLoop, PpoSettings, mean_over, total_steps
 from .ppo_models import (
@@ -164,6 +165,7 @@ def run_ppo(
     resume = ws.resume_checkpoint()
     if resume is not None:
         loop.restore(resume, load_policy_checkpoint(model, value_head, resume))
+        rescale_learning_rate(optimizer, scheduler, ws.learning_rate_scale)  # --resume with a new rate
     loop.train(loader)
 
     adapter_uri = None

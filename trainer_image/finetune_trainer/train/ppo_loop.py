@@ -249,6 +249,7 @@ class PpoLoop:
             self.history.append(stats)
             self.state.global_step += 1
             self.state.epoch = self.state.global_step / per_epoch
+            self.handler.on_step_end(self.args, self.state, self.control)  # the bar moves every step
             if (
                 self.state.global_step % self.s.logging_steps == 0
                 or self.state.global_step == self.s.max_steps

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..storage import (
     upload_with_manifest,
 )
 from .callbacks import CheckpointUploadCallback, JsonlLogCallback, ProgressCallback
+from .lossplot import plot_loss
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,10 @@ class Workspace:
     uploader: BackgroundUploader | None
     prepared: ObjectStore | None = None
     """Shared store of prepared datasets (when a Dataset has prepare: true)."""
+    resume: bool = True
+    """Whether to continue from the output's newest complete checkpoint (False: start afresh)."""
+    learning_rate_scale: float = 1.0
+    """New over old learningRate when ``--resume`` changed it (the checkpoint's optimizer has the old)."""
 
     @property
     def is_main(self) -> bool:
@@ -86,6 +92,7 @@ class Workspace:
                 self.store.child(CHECKPOINTS),
                 keep=self.spec.training.save_total_limit,
                 on_uploaded=reporter.on_checkpoint,
+                log=self.local_log,
             ),
         ]
 
@@ -93,7 +100,10 @@ class Workspace:
         """The newest complete checkpoint in the output location, downloaded; None on a fresh start.
 
         Every rank downloads its own copy: ranks may be on different nodes with no shared disk.
+        Rank 0 carries the log history on from it, so that trainer_log.jsonl grows across resumes.
         """
+        if not self.resume:
+            return None
         restored = restore_latest_checkpoint(
             self.store.child(CHECKPOINTS), self.work_dir / f"resume-{global_rank()}"
         )
@@ -101,7 +111,23 @@ class Workspace:
             return None
         ref, path = restored
         log.info("resuming from %s (step %d)", ref.uri, ref.step)
+        if self.reporter is not None:
+            self.reporter.on_resume(ref.uri)
+            self._restore_log(path, ref.step)
         return path
+
+    def _restore_log(self, checkpoint: Path, step: int) -> None:
+        """The log up to ``step``: the checkpoint's copy, else (older checkpoints) the output's, cut at ``step``."""
+        saved = checkpoint / TRAINER_LOG
+        if saved.is_file():
+            shutil.copyfile(saved, self.local_log)
+            return
+        try:
+            lines = self.store.get_bytes(TRAINER_LOG).decode().splitlines()
+        except FileNotFoundError:
+            return
+        kept = [line for line in lines if _logged_step(line) <= step]
+        self.local_log.write_text("".join(f"{line}\n" for line in kept))
 
     def save_final(self, model_dir: Path, spec_documents: list[dict[str, object]]) -> str:
         """Upload the final adapter/model (manifest last), the log, the loss plot and the resolved spec."""
@@ -112,9 +138,11 @@ class Workspace:
         self.store.put_bytes(RESOLVED_SPEC, spec_text.encode(), content_type="application/yaml")
         if self.local_log.is_file():
             self.store.put_file(TRAINER_LOG, self.local_log)
-            plot = self.work_dir / LOSS_PLOT
-            if plot_loss(self.local_log, plot):
-                self.store.put_file(LOSS_PLOT, plot)
+        plot = self.work_dir / LOSS_PLOT
+        if self.local_log.is_file() and plot_loss(self.local_log, plot, title=self.name):
+            self.store.put_file(LOSS_PLOT, plot)
+        else:  # no loss logged: no plot, and none left from an earlier run
+            self.store.delete(LOSS_PLOT)
         return str(self.store.uri.join(ADAPTER))
 
     def close(self, *, failed: str | None = None, wait_for_uploads: bool = True) -> None:
@@ -135,12 +163,19 @@ class Workspace:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
+def output_store(spec: FineTuneJobSpec, output_uri: str) -> ObjectStore:
+    """The run's output location, with the spec's S3 settings."""
+    settings = output_settings(spec) if output_uri.startswith("s3://") else None
+    return open_store(output_uri, settings=settings)
+
+
 def open_workspace(
-    name: str, spec: FineTuneJobSpec, output_uri: str, *, share_prepared: bool = False
+    name: str, spec: FineTuneJobSpec, output_uri: str, *, share_prepared: bool = False, resume: bool = True
 ) -> Workspace:
     """Open the output store and local staging dir; rank 0 also starts metrics and progress.
 
-    ``share_prepared``: prepared datasets are shared beside the output (see ``prepared_root``).
+    ``share_prepared``: prepared datasets are shared beside the output (see ``prepared_root``);
+    ``resume``: continue from the output's newest complete checkpoint.
     """
     settings = output_settings(spec) if output_uri.startswith("s3://") else None
     store = open_store(output_uri, settings=settings)
@@ -152,7 +187,7 @@ def open_workspace(
     else:
         work_dir = Path(tempfile.mkdtemp(prefix=f"finetune-{name}-rank{global_rank()}-"))
     if global_rank() != 0:
-        return Workspace(name, spec, output_uri, store, work_dir, None, None, prepared)
+        return Workspace(name, spec, output_uri, store, work_dir, None, None, prepared, resume)
     metrics = TrainingMetrics()
     if os.environ.get("FINETUNE_METRICS_PORT") != "0":
         try:
@@ -160,7 +195,9 @@ def open_workspace(
         except OSError as exc:  # a second local run on the same port: train anyway, without an endpoint
             log.warning("metrics endpoint not started: %s", exc)
     reporter = ProgressReporter(store=store, metrics=metrics)
-    return Workspace(name, spec, output_uri, store, work_dir, reporter, BackgroundUploader(), prepared)
+    return Workspace(
+        name, spec, output_uri, store, work_dir, reporter, BackgroundUploader(), prepared, resume
+    )
 
 
 def output_settings(spec: FineTuneJobSpec) -> S3Settings:
@@ -170,28 +207,9 @@ def output_settings(spec: FineTuneJobSpec) -> S3Settings:
     return replace(settings, region=out.region) if out and out.region else settings
 
 
-def plot_loss(log_path: Path, png: Path) -> bool:
-    """The loss curve of trainer_log.jsonl as a PNG; False when there is nothing to plot."""
-    steps, losses = [], []
-    for line in log_path.read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            steps.append(record["step"])
-            losses.append(record["loss"])
-    if not steps:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, losses, label="train loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return True
+def _logged_step(line: str) -> int:
+    """A log record's step; a torn last line (the run was killed mid-write) counts as past every step."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return sys.maxsize
