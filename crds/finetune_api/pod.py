@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from typing import Final
+
+REFUSED_EXIT: Final = 3
+"""Exit code of a trainer that refuses to start because the output location holds another run (a
+different spec): a retry would refuse again, so the training Job fails at once on it."""
 
 # JSON object: Dataset name → folder where that Dataset's credentialsSecret is mounted.
 DATASET_CREDENTIALS_ENV = "FINETUNE_DATASET_CREDENTIALS"

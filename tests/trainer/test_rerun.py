@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from finetune_api.pod import REFUSED_EXIT
 from finetune_trainer.run import run_from_files
 from tests.trainer.test_train_recipe import write_job
 
@@ -99,7 +100,7 @@ def test_a_changed_learning_rate_is_refused_by_name_before_any_model_loads(
     caplog.set_level(logging.INFO)
     before = snapshot(out)
     job = job_file(tmp_path, out, training={"learningRate": 1e-3})
-    assert run_from_files([str(job)]) == 1
+    assert run_from_files([str(job)]) == REFUSED_EXIT
     err = capsys.readouterr().err
     assert "spec.training.learningRate: 0.003 -> 0.001" in err
     assert "--resume" in err and "--overwrite" in err and "--output" in err
@@ -112,7 +113,7 @@ def test_a_changed_lora_rank_is_refused_even_with_resume(
 ) -> None:
     job = job_file(tmp_path, out, method={"lora": {"rank": 16}})
     for resume in (False, True):
-        assert run_from_files([str(job)], resume=resume) == 1
+        assert run_from_files([str(job)], resume=resume) == REFUSED_EXIT
         err = capsys.readouterr().err
         assert "spec.method.lora.rank: 8 -> 16" in err and "never be resumed" in err
         assert "Traceback" not in err and "state_dict" not in err
@@ -178,7 +179,7 @@ def test_a_retry_of_the_same_cluster_job_resumes_and_another_job_is_refused(
     env = {**os.environ, "FINETUNE_METRICS_PORT": "0", "FINETUNE_TERMINATION_LOG": str(term)}
     cmd = [sys.executable, "-m", "finetune_trainer.run", str(other)]  # what a trainer pod runs
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.returncode == REFUSED_EXIT, result.stderr[-3000:]  # the Job fails at once on it
     assert "Traceback" not in result.stderr and "metadata.name: rerun -> other" in result.stderr
     record = json.loads(term.read_text())
     assert record["phase"] == "Failed" and "metadata.name: rerun -> other" in record["message"]

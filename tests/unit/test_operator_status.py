@@ -10,8 +10,10 @@ import pytest
 from finetune_api.dataset import DatasetPhase
 from finetune_api.export import ExportPhase
 from finetune_api.finetunejob import FineTuneJobSpec, Phase
+from finetune_api.pod import REFUSED_EXIT
 from finetune_api.resources import Dataset, Export, FineTuneJob
 from finetune_operator import preflight as pf
+from finetune_operator.builders.pods import pod_failure_policy
 from finetune_operator.handlers.indexes import compact_job, job_state_key
 from finetune_operator.status import reasons as r
 from finetune_operator.status.conditions import Verdict
@@ -64,6 +66,22 @@ def test_oomkilled_container_fails_with_out_of_memory() -> None:
     verdict = job_verdict(spec(resources={"memory": "8Gi"}), obs)
     assert (verdict.phase, verdict.reason) == (Phase.FAILED, r.OUT_OF_MEMORY)
     assert "8Gi" in verdict.message
+
+
+def test_a_trainer_refusing_another_runs_output_fails_at_once_with_its_message() -> None:
+    said = "s3://bucket/run holds another run: metadata.name: rerun -> other; use --output or --overwrite"
+    record = json.dumps({"phase": "Failed", "step": 0, "message": said})
+    obs = observe_job(
+        k8s_job([{"type": "Failed", "reason": "PodFailurePolicy"}], failed=1),
+        [pod("Failed", {"exitCode": REFUSED_EXIT, "reason": "Error", "message": record})],
+    )
+    verdict = job_verdict(spec(backoffLimit=3), obs)
+    assert (verdict.phase, verdict.reason, verdict.message) == (Phase.FAILED, r.OUTPUT_IN_USE, said)
+
+
+def test_the_pod_failure_policy_fails_the_job_on_a_refusal_and_an_oom_kill() -> None:
+    fail_job = [rule for rule in pod_failure_policy()["rules"] if rule["action"] == "FailJob"]
+    assert [rule["onExitCodes"]["values"] for rule in fail_job] == [[137, REFUSED_EXIT]]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from typing import Any
 
 from finetune_api.dataset import DatasetSpec
 from finetune_api.manifests import apply_overrides, load_documents
+from finetune_api.pod import REFUSED_EXIT
 from finetune_api.resources import Dataset, FineTuneJob
 from finetune_api.runidentity import RunIdentity, SpecDifference
 from finetune_api.validation import validate_documents
@@ -152,7 +153,7 @@ def run_from_files(
     resume: bool = False,
 ) -> int:
     """The CLI's `run`: exit 0 on success (or when the run had finished already), 1 with a clear
-    message (no traceback) on bad input or a different run in the output location."""
+    message (no traceback) on bad input, REFUSED_EXIT (3) when another run is in the output location."""
     from .progress import ProgressReporter
     from .train.rerun import AlreadyFinished, RunConflict
 
@@ -167,7 +168,7 @@ def run_from_files(
         # In a pod the termination message carries it to the FineTuneJob's status; the other run's
         # progress.json is left as it is.
         ProgressReporter(show_bar=False).finish("Failed", str(exc))
-        return 1
+        return REFUSED_EXIT
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from finetune_api.common import OutputSpec, ResourcesSpec
+from finetune_api.pod import REFUSED_EXIT
 
 from ..settings import Settings
 from .common import (
@@ -32,15 +33,20 @@ SIGKILL_EXIT: Final = 137
 
 def pod_failure_policy() -> dict[str, Any]:
     """The ``podFailurePolicy`` of every Job the operator creates: disruptions retried for free, a kill
-    at the memory limit never retried."""
+    at the memory limit and a trainer's refusal to start never retried."""
     return {
         "rules": [
             # Preempted or evicted pods do not use up the retries: the next pod resumes from a checkpoint.
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-            # Killed at its memory limit: a retry would run the same work into the same limit.
+            # Killed at its memory limit: a retry would run the same work into the same limit. Refused
+            # because another run is in the output location: a retry would refuse again.
             {
                 "action": "FailJob",
-                "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [SIGKILL_EXIT]},
+                "onExitCodes": {
+                    "containerName": CONTAINER,
+                    "operator": "In",
+                    "values": [SIGKILL_EXIT, REFUSED_EXIT],
+                },
             },
         ]
     }

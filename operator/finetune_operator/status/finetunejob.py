@@ -9,6 +9,7 @@ from typing import Any, Final
 from finetune_api.common import Condition
 from finetune_api.dataset import DatasetPhase
 from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, JobOutputs, Phase, dataset_paths
+from finetune_api.pod import REFUSED_EXIT
 from finetune_api.progress import PROGRESS_KEY, ProgressRecord
 from finetune_api.resources import Dataset
 from finetune_api.validation import check_dataset_refs
@@ -78,6 +79,14 @@ def _failure_verdict(spec: FineTuneJobSpec, obs: JobObservation) -> Verdict:
             r.OUT_OF_MEMORY,
             f"pod {oom.pod} was OOMKilled (memory {limit}); raise spec.resources.memory or lower "
             "perDeviceBatchSize/cutoffLen",
+        )
+    refused = next((f for f in reversed(obs.failures) if f.exit_code == REFUSED_EXIT), None)
+    if refused is not None:  # the trainer's message names what differs and the ways out
+        said = (parse_report(refused.message) or {}).get("message")
+        return Verdict(
+            Phase.FAILED,
+            r.OUTPUT_IN_USE,
+            str(said or f"pod {refused.pod}: spec.output.uri holds another run; use another output"),
         )
     if obs.failed_reason == "DeadlineExceeded":
         return Verdict(

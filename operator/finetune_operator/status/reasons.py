@@ -40,6 +40,7 @@ PROGRESS_READABLE: Final = "ProgressReadable"
 # Endings.
 TRAINING_SUCCEEDED: Final = "TrainingSucceeded"
 OUT_OF_MEMORY: Final = "OutOfMemory"
+OUTPUT_IN_USE: Final = "OutputInUse"
 BACKOFF_LIMIT_EXCEEDED: Final = "BackoffLimitExceeded"
 DEADLINE_EXCEEDED: Final = "DeadlineExceeded"
 POD_FAILURE_POLICY: Final = "PodFailurePolicy"
