@@ -271,3 +271,11 @@ class MethodSpec(ApiModel):
     def freeze_or_default(self) -> FreezeSpec:
         """The freeze-tuning settings in force: the given block or the defaults."""
         return self.freeze or FreezeSpec()
+
+    def written_out(self) -> MethodSpec:
+        """This method with the LoRA or freeze settings in force filled in where the block is unset."""
+        if self.finetuning == Finetuning.LORA and self.lora is None:
+            return self.model_copy(update={"lora": LoraSpec()})
+        if self.finetuning == Finetuning.FREEZE and self.freeze is None:
+            return self.model_copy(update={"freeze": FreezeSpec()})
+        return self
