@@ -98,7 +98,8 @@ def test_trained_model_scores_and_results_land_everywhere(job_file: Path, tmp_pa
     assert run_from_files([str(job_file)], output=f"file://{out}") == 0
 
     results = json.loads((out / "eval_results.json").read_text())
-    status = EvaluationStatus.model_validate({k: v for k, v in results.items() if k != "step"})
+    assert results["unit"] == "percent"
+    status = EvaluationStatus.model_validate({k: v for k, v in results.items() if k not in ("step", "unit")})
     assert status.benchmark is not None and status.predict is not None
     assert status.benchmark.accuracy == 100.0
     assert status.benchmark.questions == 14  # 8 math + 8 art questions, 1 shot each not scored

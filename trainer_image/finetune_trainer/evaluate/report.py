@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from finetune_api.evaluation import BenchmarkResult, EvaluationStatus, PredictResult, SubjectScore
+from finetune_api.evaluation import SCORE_UNIT, BenchmarkResult, EvaluationStatus, PredictResult, SubjectScore
 
 from ..train.workspace import TRAINER_LOG, Workspace
 from .choice import BenchmarkScores
@@ -64,6 +64,11 @@ def log_record(status: EvaluationStatus, step: int) -> dict[str, Any]:
     return record
 
 
+def results_document(status: EvaluationStatus, step: int) -> dict[str, Any]:
+    """eval_results.json: the step, the unit of every score, and the status object's scores."""
+    return {"step": step, "unit": SCORE_UNIT, **status.to_wire()}
+
+
 def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
     """predictions.jsonl: one ``{"prompt", "label", "predict"}`` object per line."""
     with path.open("w", encoding="utf-8") as fh:
@@ -85,7 +90,7 @@ def publish_evaluation(
         ws.store.put_file(PREDICTIONS, local)
         status = status.model_copy(update={"predictions": str(root.join(PREDICTIONS))})
     status = status.model_copy(update={"results": str(root.join(EVAL_RESULTS))})
-    body = {"step": step, **status.to_wire()}
+    body = results_document(status, step)
     ws.store.put_bytes(EVAL_RESULTS, json.dumps(body, indent=2).encode(), content_type="application/json")
     with ws.local_log.open("a") as fh:
         fh.write(json.dumps(log_record(status, step)) + "\n")
