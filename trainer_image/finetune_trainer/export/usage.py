@@ -70,8 +70,8 @@ def usage_lines(
     export = export_manifest(name=name, base=base, folder_uri=folder_uri, is_adapter=is_adapter)
     lines += [
         "",
-        "To merge it into its base, re-shard, cast or quantize it, save this as `export.yaml` and run"
-        " `finetune export export.yaml` (or apply it on the cluster):",
+        f"To {'merge it into its base, cast' if is_adapter else 're-shard, cast'} or quantize it, save this as"
+        " `export.yaml` and run `finetune export export.yaml` (or apply it on the cluster):",
         "",
         "```yaml",
         yaml.safe_dump(export, sort_keys=False).rstrip(),
