@@ -8,9 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from finetune_api.evaluation import SCORE_UNIT, BenchmarkResult, EvaluationStatus, PredictResult, SubjectScore
 
-from ..train.workspace import TRAINER_LOG, Workspace
+from ..export.card import CARD, write_run_card
+from ..storage import replace_artifact_file
+from ..train.workspace import ADAPTER, RESOLVED_SPEC, TRAINER_LOG, Workspace
 from .choice import BenchmarkScores
 from .predict import Prediction
 from .scores import SimilarityScores
@@ -95,6 +99,18 @@ def publish_evaluation(
     with ws.local_log.open("a") as fh:
         fh.write(json.dumps(log_record(status, step)) + "\n")
     ws.store.put_file(TRAINER_LOG, ws.local_log)
+    refresh_run_card(ws)
     if ws.reporter is not None:
         ws.reporter.on_evaluation(status)
     return status
+
+
+def refresh_run_card(ws: Workspace) -> None:
+    """Rewrite adapter/README.md with the scores just logged (the card went up with the adapter, before
+    evaluation), the adapter's manifest updated with it."""
+    adapter = ws.store.child(ADAPTER)
+    documents = [d for d in yaml.safe_load_all(ws.store.get_bytes(RESOLVED_SPEC)) if isinstance(d, dict)]
+    folder = ws.work_dir / "card"
+    folder.mkdir(exist_ok=True)
+    write_run_card(folder, name=ws.name, documents=documents, log=ws.local_log, uri=str(adapter.uri))
+    replace_artifact_file(folder, adapter, CARD)

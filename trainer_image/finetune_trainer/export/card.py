@@ -27,6 +27,7 @@ LLAMA3_TEMPLATE = (
     "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
     "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
 )
+CARD = "README.md"
 # Evaluation scores in trainer_log.jsonl (and the card) are percentages, as LLaMA-Factory reports them.
 PERCENT_KEYS = ("predict_bleu", "predict_rouge", "benchmark_")
 SCORE_UNITS = "BLEU-4, ROUGE-1/2/L and benchmark accuracy are percentages (0-100), averaged over the samples."
@@ -176,7 +177,7 @@ def _training_sections(facts: CardFacts) -> list[str]:
     elif facts.export is None and facts.training is not None and facts.training.evaluation is not None:
         lines += [
             "",
-            "The scores of spec.evaluation come after this card, in `eval_results.json` beside this folder.",
+            "The scores of spec.evaluation are added here once it has run (they are in `eval_results.json` too).",
         ]
     return lines
 
@@ -213,7 +214,7 @@ def write_run_card(folder: Path, *, name: str, documents: list[dict[str, Any]], 
     """Write ``folder/README.md`` (over PEFT's template) from the run's documents and its log file, if any."""
     lines = log.read_text().splitlines() if log.is_file() else []
     records = [json.loads(line) for line in lines if line.strip()]
-    (folder / "README.md").write_text(run_card(name, documents, records, uri), encoding="utf-8")
+    (folder / CARD).write_text(run_card(name, documents, records, uri), encoding="utf-8")
 
 
 def run_card(
