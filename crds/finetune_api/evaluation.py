@@ -13,8 +13,9 @@ from pydantic import ConfigDict, Field
 
 from .common import ApiModel, K8sName, ShortText, Uri, cel, rules
 
-# Scores are percentages (0-100), as LLaMA-Factory reports them.
+# Scores are percentages (0-100), as LLaMA-Factory reports them; files that carry them say so.
 Percent = float
+SCORE_UNIT = "percent"
 
 
 class GenerationSettings(ApiModel):
@@ -116,18 +117,18 @@ EVALUATION_SPEC_RULES = [
 
 
 class PredictResult(ApiModel):
-    """Scores of the predictions (percentages)."""
+    """Scores of the predictions, each in percent (0-100, as LLaMA-Factory reports them; 100 is a perfect match)."""
 
     samples: int = Field(ge=0)
     """Samples scored."""
     bleu4: Percent = Field(ge=0, le=100)
-    """Sentence BLEU-4 (smoothed), averaged over samples."""
+    """Sentence BLEU-4 over characters (NLTK method3 smoothing), in percent (0-100), averaged over samples."""
     rouge1: Percent = Field(ge=0, le=100)
-    """ROUGE-1 F1, averaged over samples."""
+    """ROUGE-1 F1 over words, in percent (0-100), averaged over samples."""
     rouge2: Percent = Field(ge=0, le=100)
-    """ROUGE-2 F1, averaged over samples."""
+    """ROUGE-2 F1 over words, in percent (0-100), averaged over samples."""
     rouge_l: Percent = Field(ge=0, le=100)
-    """ROUGE-L (longest common subsequence) F1, averaged over samples."""
+    """ROUGE-L (longest common subsequence) F1 over words, in percent (0-100), averaged over samples."""
 
 
 class SubjectScore(ApiModel):
@@ -136,7 +137,7 @@ class SubjectScore(ApiModel):
     subject: ShortText
     """Subject name as in the Dataset."""
     accuracy: Percent = Field(ge=0, le=100)
-    """Share of questions answered correctly, in percent."""
+    """Share of questions answered correctly, in percent (0-100)."""
     questions: int = Field(ge=0)
     """Questions scored."""
 
@@ -145,7 +146,7 @@ class BenchmarkResult(ApiModel):
     """Multiple-choice accuracy overall and per subject."""
 
     accuracy: Percent = Field(ge=0, le=100)
-    """Share of all questions answered correctly, in percent."""
+    """Share of all questions answered correctly, in percent (0-100)."""
     questions: int = Field(ge=0)
     """Questions scored."""
     subjects: list[SubjectScore] = Field(default_factory=list, max_length=256)
@@ -156,10 +157,10 @@ class EvaluationStatus(ApiModel):
     """Scores of spec.evaluation, once the trainer has computed them."""
 
     predict: PredictResult | None = None
-    """BLEU / ROUGE of the predictions."""
+    """BLEU-4 / ROUGE of the predictions, in percent (0-100)."""
     benchmark: BenchmarkResult | None = None
-    """Multiple-choice accuracy."""
+    """Multiple-choice accuracy, in percent (0-100)."""
     results: Uri | None = None
-    """URI of eval_results.json (the same scores, read by an Export's model card)."""
+    """URI of eval_results.json: the same scores (every subject), with "unit": "percent"."""
     predictions: Uri | None = None
     """URI of predictions.jsonl (prompt, label, predict per line)."""

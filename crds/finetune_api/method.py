@@ -271,3 +271,11 @@ class MethodSpec(ApiModel):
     def freeze_or_default(self) -> FreezeSpec:
         """The freeze-tuning settings in force: the given block or the defaults."""
         return self.freeze or FreezeSpec()
+
+    def written_out(self) -> MethodSpec:
+        """This method with the LoRA or freeze settings in force filled in where the block is unset."""
+        if self.finetuning == Finetuning.LORA:
+            return self.model_copy(update={"lora": self.lora_or_default()})
+        if self.finetuning == Finetuning.FREEZE:
+            return self.model_copy(update={"freeze": self.freeze_or_default()})
+        return self

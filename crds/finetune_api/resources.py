@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import Field
 
@@ -149,3 +149,29 @@ def kind_of(manifest: dict[str, Any]) -> KindInfo:
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     return KINDS[kind]
+
+
+def resolved_document(obj: Resource) -> dict[str, Any]:
+    """The object as a pod runs it and a run's ``job.yaml`` records it: apiVersion, kind, name and
+    namespace, and the spec with every default filled in (the LoRA or freeze settings in force included),
+    camelCase; no status.
+
+    ``finetune validate`` and ``finetune run`` accept it as they accept the documents it came from.
+    """
+    meta = obj.metadata
+    metadata: dict[str, Any] = {"name": meta.name}
+    if meta.namespace:
+        metadata["namespace"] = meta.namespace
+    spec = obj.spec
+    if isinstance(spec, FineTuneJobSpec):  # lora / freeze defaults apply when their block is unset
+        spec = spec.model_copy(update={"method": spec.method.written_out()})
+    return {"apiVersion": obj.api_version, "kind": obj.kind, "metadata": metadata, "spec": spec.to_wire()}
+
+
+def resolved_documents(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`resolved_document` of each manifest (FineTuneJob, Dataset or Export), parsed with the API models.
+
+    Raises:
+        ValueError: a manifest of another kind, or one the models refuse.
+    """
+    return [resolved_document(cast(Resource, kind_of(body).model.model_validate(body))) for body in bodies]

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .dataset import DatasetSpec
 from .finetunejob import FineTuneJobSpec
-from .method import Finetuning
 
 RUN_IDENTITY_KEY: Final = "run.json"
 
@@ -70,13 +69,8 @@ class RunIdentity(BaseModel):
     @classmethod
     def of(cls, name: str, spec: FineTuneJobSpec, datasets: Mapping[str, DatasetSpec]) -> RunIdentity:
         """The identity of job ``name`` with ``spec`` reading ``datasets``."""
-        method = spec.method
         # An explicit block equal to the defaults is the same run as no block at all.
-        if method.finetuning == Finetuning.LORA:
-            method = method.model_copy(update={"lora": method.lora_or_default()})
-        elif method.finetuning == Finetuning.FREEZE:
-            method = method.model_copy(update={"freeze": method.freeze_or_default()})
-        wire = spec.model_copy(update={"method": method}).to_wire()
+        wire = spec.model_copy(update={"method": spec.method.written_out()}).to_wire()
         kept = {k: v for k, v in wire.items() if k not in IGNORED_SPEC_FIELDS}
         return cls(job=name, spec=kept, datasets={n: d.to_wire() for n, d in datasets.items()})
 

@@ -8,8 +8,9 @@ import subprocess
 
 import pytest
 
+from finetune_api.explain import explain
 from finetune_trainer.evaluate.choice import BenchmarkScores
-from finetune_trainer.evaluate.report import evaluation_status, log_record
+from finetune_trainer.evaluate.report import evaluation_status, log_record, results_document
 from finetune_trainer.evaluate.scores import SimilarityScores
 from finetune_trainer.progress import ProgressReporter, TrainingMetrics
 
@@ -42,6 +43,18 @@ def test_status_and_log_line_carry_every_score() -> None:
         "step": 7, "predict_bleu-4": 12.5, "predict_rouge-1": 40.0, "predict_rouge-2": 20.0, "predict_rouge-l": 35.0,
         "predict_samples": 3, "benchmark_accuracy": 75.0, "benchmark_accuracy/math": 50.0, "benchmark_accuracy/art": 100.0,
     }  # fmt: skip
+
+
+def test_scores_say_their_unit_in_the_file_the_log_and_the_field_docs() -> None:
+    similarity, bench = scores()
+    results = results_document(evaluation_status(similarity, bench), 7)
+    assert results["unit"] == "percent" and results["step"] == 7 and results["predict"]["bleu4"] == 12.5
+    assert (
+        similarity.describe() == "BLEU-4 12.50%, ROUGE-1 40.00%, ROUGE-2 20.00%, ROUGE-L 35.00% (3 samples)"
+    )
+    for field in ("bleu4", "rouge1", "rouge2", "rougeL"):
+        assert "in percent (0-100)" in explain(f"finetunejob.status.evaluation.predict.{field}")
+    assert "in percent (0-100)" in explain("finetunejob.status.evaluation.benchmark.accuracy")
 
 
 def test_reporter_puts_scores_in_the_record_and_the_gauges() -> None:

@@ -15,6 +15,7 @@ import yaml
 from finetune_api.evaluation import EvaluationStatus
 from finetune_api.progress import ProgressRecord
 from finetune_trainer.run import plan_run, run_from_files
+from finetune_trainer.storage import open_store, verify_artifact
 from tests.trainer.test_eval_benchmark import synthetic_rows
 
 pytestmark = pytest.mark.slow
@@ -98,7 +99,8 @@ def test_trained_model_scores_and_results_land_everywhere(job_file: Path, tmp_pa
     assert run_from_files([str(job_file)], output=f"file://{out}") == 0
 
     results = json.loads((out / "eval_results.json").read_text())
-    status = EvaluationStatus.model_validate({k: v for k, v in results.items() if k != "step"})
+    assert results["unit"] == "percent"
+    status = EvaluationStatus.model_validate({k: v for k, v in results.items() if k not in ("step", "unit")})
     assert status.benchmark is not None and status.predict is not None
     assert status.benchmark.accuracy == 100.0
     assert status.benchmark.questions == 14  # 8 math + 8 art questions, 1 shot each not scored
@@ -115,6 +117,11 @@ def test_trained_model_scores_and_results_land_everywhere(job_file: Path, tmp_pa
     log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 30 and log[-1]["benchmark_accuracy"] == 100.0
     assert log[-1]["predict_rouge-1"] == 100.0 and log[-1]["benchmark_accuracy/math"] == 100.0
+
+    card = (out / "adapter" / "README.md").read_text()  # rewritten with the scores, its manifest with it
+    assert "| predict_rouge-1 | 100 % |" in card and "| benchmark_accuracy | 100 % |" in card
+    assert "percentages (0-100)" in card and "are added here once" not in card
+    verify_artifact(open_store(f"file://{out}/adapter"), deep=True)
 
     record = ProgressRecord.model_validate_json((out / "progress.json").read_text())
     assert record.phase == "Succeeded"

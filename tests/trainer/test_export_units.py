@@ -142,11 +142,32 @@ def test_model_card_names_base_method_data_hyperparameters_and_metrics() -> None
     card = model_card(facts)
     front = yaml.safe_load(card.split("---")[1])
     assert front["base_model"] == "org/base" and front["tags"] == ["finetune-operator", "dora", "sft"]
-    for line in ("| rank | 16 |", "| useDora | True |", "| learningRate | 0.0002 |", "| epochs | 3.0 |",
+    for line in ("| rank | 16 |", "| useDora | true |", "| learningRate | 0.0002 |", "| epochs | 3 |",
                  "- `demo`: s3://data/demo.jsonl (sharegpt)", "| final_loss | 1.5 |", "| final_eval_loss | 1.7 |",
                  "| train_loss | 1.8 |", "| dtype | bfloat16 |", "Verified by reloading the export"):  # fmt: skip
         assert line in card, line
     assert card == model_card(facts)  # deterministic: the same facts give the same card
+
+
+def test_model_card_prints_values_not_python_reprs() -> None:
+    job = {**JOB["spec"], "method": {"stage": "sft", "finetuning": "lora", "lora": {"targetModules": ["q_proj", "v_proj"]}},
+           "training": {"precision": "bf16", "maxSteps": 20, "learningRate": 2e-5}}  # fmt: skip
+    export = ExportSpec.model_validate({"model": "hf://org/base", "adapter": "s3://b/a", "merge": False,
+                                        "dtype": "bfloat16", "quantization": {"method": "bitsandbytes", "bits": 4},
+                                        "output": {"uri": "s3://b/m"}})  # fmt: skip
+    records = [{"step": 20, "loss": 1.23456789, "predict_bleu-4": 35.41, "predict_rouge-l": 40.0}]
+    facts = CardFacts(
+        "out", "hf://org/base", "lora", "s3://b/a", export, FineTuneJobSpec.model_validate(job), [], records
+    )
+    card = model_card(facts)
+    for line in ("| targetModules | q_proj, v_proj |", "| useDora | false |", "| precision | bf16 |",
+                 "| maxSteps | 20 |", "| learningRate | 2e-05 |", "| alpha | 16 (twice the rank) |",
+                 "| merged | false |", "| quantization | bitsandbytes 4-bit |", "| final_loss | 1.23457 |",
+                 "| predict_bleu-4 | 35.41 % |", "percentages (0-100)", "library_name: peft"):  # fmt: skip
+        assert line in card, line
+    for repr_ in ("True", "False", "None", "['", "Precision.", "Stage.", "Finetuning."):
+        assert repr_ not in card, repr_
+    assert "| epochs |" not in card.split("<details>")[0]  # maxSteps decides, epochs would mislead
 
 
 def test_model_card_without_run_files_says_so() -> None:

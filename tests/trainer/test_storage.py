@@ -34,8 +34,10 @@ from finetune_trainer.storage import (
     prune_checkpoints,
     read_json,
     read_text,
+    replace_artifact_file,
     restore_latest_checkpoint,
     upload_with_manifest,
+    verify_artifact,
     write_json,
     write_text,
 )
@@ -198,6 +200,20 @@ def test_round_trip_with_manifest(store: ObjectStore, tmp_path: Path) -> None:
     assert download_with_manifest(store.child("adapter"), dest) == manifest
     _assert_same_tree(files, dest)
     assert Manifest.from_json((dest / MANIFEST_NAME).read_text()) == manifest
+
+
+def test_replacing_one_file_of_an_artifact_rewrites_its_manifest(store: ObjectStore, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _make_artifact(src)
+    adapter = store.child("adapter")
+    with pytest.raises(IncompleteArtifactError):  # only a complete artifact is patched
+        replace_artifact_file(src, adapter, "README.md")
+    before = upload_with_manifest(src, adapter)
+    (src / "README.md").write_text("# the card, rewritten\n")
+    after = replace_artifact_file(src, adapter, "README.md")
+    assert verify_artifact(adapter, deep=True) == after
+    assert {e.path for e in after.files} == {e.path for e in before.files} | {"README.md"}
+    assert adapter.get_bytes("README.md") == b"# the card, rewritten\n"
 
 
 class RecordingS3Store(S3Store):

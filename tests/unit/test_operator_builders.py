@@ -156,7 +156,11 @@ def test_config_map_holds_the_job_and_resolved_datasets() -> None:
     cm = build_config_map(make_job(), [make_dataset()], OWNER)
     docs = list(yaml.safe_load_all(cm["data"]["job.yaml"]))
     assert [d["kind"] for d in docs] == ["FineTuneJob", "Dataset"]
-    assert FineTuneJob.model_validate(docs[0]).spec == make_job().spec
+    spec = make_job().spec  # the LoRA settings in force written out: the same job, said in full
+    assert FineTuneJob.model_validate(docs[0]).spec == spec.model_copy(
+        update={"method": spec.method.written_out()}
+    )
+    assert docs[0]["spec"]["method"]["lora"]["rank"] == 8
     assert Dataset.model_validate(docs[1]).spec == make_dataset().spec
     assert cm["metadata"]["ownerReferences"] == [OWNER.reference()]
 

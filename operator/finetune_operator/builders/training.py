@@ -8,7 +8,7 @@ from typing import Any, Final
 import yaml
 
 from finetune_api.pod import DATASET_CREDENTIALS_ENV
-from finetune_api.resources import Dataset, FineTuneJob
+from finetune_api.resources import Dataset, FineTuneJob, resolved_document
 
 from ..settings import Settings
 from .common import CONFIG_DIR, QUEUE_LABEL, Owner, PodParts, child_name, plain_env
@@ -34,19 +34,11 @@ def config_map_name(name: str) -> str:
     return child_name(name, "spec")
 
 
-def _document(obj: FineTuneJob | Dataset) -> dict[str, Any]:
-    """The object as the trainer reads it: apiVersion, kind, name/namespace and spec."""
-    return {
-        "apiVersion": obj.api_version,
-        "kind": obj.kind,
-        "metadata": {"name": obj.metadata.name, "namespace": obj.metadata.namespace},
-        "spec": obj.spec.to_wire(),
-    }
-
-
 def resolved_spec_yaml(job: FineTuneJob, datasets: list[Dataset]) -> str:
     """The multi-document YAML the trainer runs: the FineTuneJob, then every Dataset it references."""
-    return yaml.safe_dump_all([_document(job), *(_document(d) for d in datasets)], sort_keys=False)
+    return yaml.safe_dump_all(
+        [resolved_document(job), *(resolved_document(d) for d in datasets)], sort_keys=False
+    )
 
 
 def build_config_map(job: FineTuneJob, datasets: list[Dataset], owner: Owner) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from datasets import DatasetDict, load_from_disk
 from transformers import PreTrainedTokenizerFast
 
+from ..files import new_staging_dir
 from .config import DatasetConfig, ProcessingConfig
 
 # Bump when the processors' output changes for the same inputs.
@@ -78,7 +78,7 @@ def save_cached(cache_dir: Path, key: str, splits: DatasetDict, summary: dict[st
     """Save ``splits`` under ``key`` atomically and return them re-opened from the cache (memory-mapped)."""
     folder = cache_path(cache_dir, key)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+    staging = new_staging_dir(folder.parent, f".{key}-")
     try:
         splits.save_to_disk(str(staging))
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
-from pathlib import Path
 
+from ..files import new_staging_dir
 from ..storage import ObjectStore, download_with_manifest, is_complete, upload_with_manifest
 from .cache import SUMMARY_FILE, cache_path
 from .config import ProcessingConfig
@@ -27,7 +26,7 @@ def fetch_shared(store: ObjectStore, key: str, processing: ProcessingConfig) -> 
         return False
     folder = cache_path(processing.cache_dir, key)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
+    staging = new_staging_dir(folder.parent, f".{key}-")
     try:
         download_with_manifest(remote, staging)
         if not (folder / SUMMARY_FILE).is_file():  # else a concurrent run got it first

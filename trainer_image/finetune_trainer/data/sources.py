@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from finetune_api.uris import local_path
+
+from ..files import write_atomically
 
 PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
 DEFAULT_PVC_ROOT = "/mnt/pvc"
@@ -84,13 +85,8 @@ def download_https(url: str, *, cache_dir: Path, timeout: float = 60.0) -> Path:
     dest = _download_dir(cache_dir, url) / name
     if dest.is_file():
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        urllib.request.urlopen(url, timeout=timeout) as resp,
-        tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp,
-    ):
-        shutil.copyfileobj(resp, tmp, length=1 << 20)
-    os.replace(tmp.name, dest)
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        write_atomically(dest, lambda fh: shutil.copyfileobj(resp, fh, length=1 << 20))
     return dest
 
 

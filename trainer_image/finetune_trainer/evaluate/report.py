@@ -8,9 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from finetune_api.evaluation import BenchmarkResult, EvaluationStatus, PredictResult, SubjectScore
+import yaml
 
-from ..train.workspace import TRAINER_LOG, Workspace
+from finetune_api.evaluation import SCORE_UNIT, BenchmarkResult, EvaluationStatus, PredictResult, SubjectScore
+
+from ..export.card import CARD, write_run_card
+from ..storage import replace_artifact_file
+from ..train.workspace import ADAPTER, RESOLVED_SPEC, TRAINER_LOG, Workspace
 from .choice import BenchmarkScores
 from .predict import Prediction
 from .scores import SimilarityScores
@@ -64,6 +68,11 @@ def log_record(status: EvaluationStatus, step: int) -> dict[str, Any]:
     return record
 
 
+def results_document(status: EvaluationStatus, step: int) -> dict[str, Any]:
+    """eval_results.json: the step, the unit of every score, and the status object's scores."""
+    return {"step": step, "unit": SCORE_UNIT, **status.to_wire()}
+
+
 def write_predictions(path: Path, predictions: Sequence[Prediction]) -> None:
     """predictions.jsonl: one ``{"prompt", "label", "predict"}`` object per line."""
     with path.open("w", encoding="utf-8") as fh:
@@ -85,11 +94,23 @@ def publish_evaluation(
         ws.store.put_file(PREDICTIONS, local)
         status = status.model_copy(update={"predictions": str(root.join(PREDICTIONS))})
     status = status.model_copy(update={"results": str(root.join(EVAL_RESULTS))})
-    body = {"step": step, **status.to_wire()}
+    body = results_document(status, step)
     ws.store.put_bytes(EVAL_RESULTS, json.dumps(body, indent=2).encode(), content_type="application/json")
     with ws.local_log.open("a") as fh:
         fh.write(json.dumps(log_record(status, step)) + "\n")
     ws.store.put_file(TRAINER_LOG, ws.local_log)
+    refresh_run_card(ws)
     if ws.reporter is not None:
         ws.reporter.on_evaluation(status)
     return status
+
+
+def refresh_run_card(ws: Workspace) -> None:
+    """Rewrite adapter/README.md with the scores just logged (the card went up with the adapter, before
+    evaluation), the adapter's manifest updated with it."""
+    adapter = ws.store.child(ADAPTER)
+    documents = [d for d in yaml.safe_load_all(ws.store.get_bytes(RESOLVED_SPEC)) if isinstance(d, dict)]
+    folder = ws.work_dir / "card"
+    folder.mkdir(exist_ok=True)
+    write_run_card(folder, name=ws.name, documents=documents, log=ws.local_log, uri=str(adapter.uri))
+    replace_artifact_file(folder, adapter, CARD)

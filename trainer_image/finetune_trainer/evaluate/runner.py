@@ -167,7 +167,7 @@ def run_evaluation(
                 batch_size=plan.spec.predict.batch_size,
             )
             similarity = score_predictions([p.predict for p in predictions], [p.label for p in predictions])
-            log.info("predict: %s", similarity)
+            log.info("predict: %s", similarity.describe())
         if plan.benchmark is not None and plan.spec.benchmark is not None:
             bench = score_benchmark(
                 model,
@@ -178,5 +178,5 @@ def run_evaluation(
                 batch_size=plan.spec.benchmark.batch_size,
                 cutoff_len=plan.cutoff_len,
             )
-            log.info("benchmark: %.2f%% of %d questions", bench.accuracy, sum(bench.total.values()))
+            log.info("benchmark: accuracy %.2f%% of %d questions", bench.accuracy, sum(bench.total.values()))
     return publish_evaluation(ws, evaluation_status(similarity, bench), predictions, step=step)

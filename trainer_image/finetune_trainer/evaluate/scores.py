@@ -107,6 +107,13 @@ class SimilarityScores:
     rouge2: float
     rouge_l: float
 
+    def describe(self) -> str:
+        """One log line, the unit said: ``BLEU-4 35.41%, ROUGE-1 ... (6 samples)``."""
+        return (
+            f"BLEU-4 {self.bleu4:.2f}%, ROUGE-1 {self.rouge1:.2f}%, ROUGE-2 {self.rouge2:.2f}%,"
+            f" ROUGE-L {self.rouge_l:.2f}% ({self.samples} samples)"
+        )
+
 
 def score_pair(prediction: str, label: str) -> tuple[float, float, float, float]:
     """(BLEU-4, ROUGE-1, ROUGE-2, ROUGE-L) of one prediction, each in percent."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,6 +16,7 @@ from urllib.parse import urlsplit
 
 from finetune_api.uris import local_path
 
+from ..files import new_staging_dir
 from .tiny import cache_root, tiny_model_path
 
 PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
@@ -104,7 +104,7 @@ def download_s3_folder(uri: str, dest: Path, *, field: str = "source") -> Path:
 
     store = open_store(uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    staging = new_staging_dir(dest.parent, f".{dest.name}-")
     try:
         if store.exists(MANIFEST_NAME):
             download_with_manifest(store, staging)

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
@@ -32,6 +31,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from ..files import new_staging_dir
 from .corpus import corpus_lines
 
 # Bump when the corpus, tokenizer recipe or default shapes change: it is part of the cache key.
@@ -135,7 +135,7 @@ def tiny_model_path(uri: str, *, root: Path | None = None) -> Path:
     if (target / "config.json").is_file():
         return target
     base.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.cache_name()}-", dir=base))
+    staging = new_staging_dir(base, f".{spec.cache_name()}-")
     try:
         save_tiny_model(spec, staging)
         try:

@@ -76,6 +76,23 @@ def upload_with_manifest(local_dir: Path, store: ObjectStore) -> Manifest:
     return manifest
 
 
+def replace_artifact_file(local_dir: Path, store: ObjectStore, rel: str) -> Manifest:
+    """Put ``local_dir/rel`` into the complete artifact at ``store`` (over its copy, if any) and rewrite
+    the manifest with the file's new size and sha256; until then the artifact has no manifest.
+
+    Raises:
+        IncompleteArtifactError: the artifact was not complete to begin with.
+    """
+    old = read_manifest(store)
+    entry = entry_for(rel, local_dir / rel)
+    store.delete(MANIFEST_NAME)
+    store.put_file(rel, local_dir / rel)
+    entries = sorted([*(e for e in old.files if e.path != rel), entry], key=lambda e: e.path)
+    manifest = manifest_of(entries)
+    store.put_bytes(MANIFEST_NAME, manifest.to_json().encode(), content_type="application/json")
+    return manifest
+
+
 def read_manifest(store: ObjectStore) -> Manifest:
     """The artifact's manifest.
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import threading
 from functools import cache
 from pathlib import Path
@@ -19,6 +18,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from ..files import write_atomically
 from .credentials import S3Settings, load_s3_settings
 from .manifest import sha256_file, sha256_stream
 from .uri import StorageURI, parse_uri
@@ -258,20 +258,9 @@ class LocalStore:
     def child(self, rel: str) -> LocalStore:
         return LocalStore(self.uri.join(rel))
 
-    def _write_atomic(self, dest: Path, write: Any) -> None:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                write(fh)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
     def put_file(self, key: str, source: Path) -> None:
         with source.open("rb") as src:
-            self._write_atomic(self._path(key), lambda fh: shutil.copyfileobj(src, fh, MiB))
+            write_atomically(self._path(key), lambda fh: shutil.copyfileobj(src, fh, MiB))
 
     def get_file(self, key: str, dest: Path) -> None:
         src = self._path(key)
@@ -281,7 +270,7 @@ class LocalStore:
         shutil.copyfile(src, dest)
 
     def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream") -> None:
-        self._write_atomic(self._path(key), lambda fh: fh.write(data))
+        write_atomically(self._path(key), lambda fh: fh.write(data))
 
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()

@@ -14,8 +14,10 @@ from pathlib import Path
 import yaml
 
 from finetune_api.finetunejob import FineTuneJobSpec
+from finetune_api.resources import resolved_documents
 from finetune_api.uris import prepared_root
 
+from ..export.card import write_run_card
 from ..progress import ProgressReporter, TrainingMetrics, start_metrics_server
 from ..storage import (
     BackgroundUploader,
@@ -133,8 +135,12 @@ class Workspace:
         """Upload the final adapter/model (manifest last), the log, the loss plot and the resolved spec."""
         assert self.uploader is not None, "only rank 0 saves"
         self.uploader.wait()  # checkpoints first: the final artifact is the last word
+        documents = resolved_documents(spec_documents)
+        adapter_uri = str(self.store.uri.join(ADAPTER))
+        # Over PEFT's empty template (save_pretrained wrote it); before the upload, so the manifest lists ours.
+        write_run_card(model_dir, name=self.name, documents=documents, log=self.local_log, uri=adapter_uri)
         upload_with_manifest(model_dir, self.store.child(ADAPTER))
-        spec_text = yaml.safe_dump_all(spec_documents, sort_keys=False)
+        spec_text = yaml.safe_dump_all(documents, sort_keys=False)
         self.store.put_bytes(RESOLVED_SPEC, spec_text.encode(), content_type="application/yaml")
         if self.local_log.is_file():
             self.store.put_file(TRAINER_LOG, self.local_log)
@@ -143,7 +149,7 @@ class Workspace:
             self.store.put_file(LOSS_PLOT, plot)
         else:  # no loss logged: no plot, and none left from an earlier run
             self.store.delete(LOSS_PLOT)
-        return str(self.store.uri.join(ADAPTER))
+        return adapter_uri
 
     def close(self, *, failed: str | None = None, wait_for_uploads: bool = True) -> None:
         """Finish uploads and write the final progress record (Succeeded, or Failed with the error).
