@@ -54,6 +54,7 @@ def matmul_rate(n: int = 8192, repeats: int = 20) -> dict[str, Any]:
         "tflops": round(2 * n**3 / median / 1e12, 1),
         "best_tflops": round(2 * n**3 / min(times) / 1e12, 1),
         "device": torch.cuda.get_device_name(),
+        "memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
     }
@@ -99,7 +100,12 @@ def deepspeed_ops() -> dict[str, Any]:
     import deepspeed
     from deepspeed.ops.op_builder.all_ops import ALL_OPS
 
-    compatible = {name: bool(builder.is_compatible(verbose=False)) for name, builder in ALL_OPS.items()}
+    compatible: dict[str, bool | str] = {}
+    for name, builder in ALL_OPS.items():
+        try:
+            compatible[name] = bool(builder.is_compatible(verbose=False))
+        except Exception as exc:  # one builder's own check failing says nothing of the others
+            compatible[name] = f"{type(exc).__name__}: {exc}"[:200]
     return {"version": deepspeed.__version__, "compatible_ops": compatible}
 
 

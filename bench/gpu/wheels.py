@@ -40,6 +40,7 @@ OUR_NEEDS = (
     "google-re2", "lark", "pendulum", "tzdata", "jmespath",  # cel-python
     "botocore", "s3transfer",  # boto3
     "dill", "multiprocess",  # datasets
+    "fsspec",  # datasets 5.2.0 caps it (<= 2026.9.0); the image's may be newer
     "hjson",  # deepspeed
 )  # fmt: skip
 # DeepSpeed ships as an sdist only: built here into a pure-Python wheel; its ops build at run time.

@@ -86,7 +86,7 @@ def test_a_failing_part_is_recorded_and_the_next_still_runs(tmp_path: Path) -> N
     parts = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["parts"]
     assert parts["install_ours"]["status"] == "failed" and "worker died" in parts["install_ours"]["error"]
     assert parts["install_peer"] == {**parts["install_peer"], "status": "skipped", "reason": "not here"}
-    assert parts["inputs"]["budget_seen"] == 180  # the part's own budget: the run has 540 s left
+    assert parts["inputs"]["budget_seen"] == 240  # the part's own budget: the run has 540 s left
     assert parts["lora"]["reason"] == "needs install_ours"
 
 
