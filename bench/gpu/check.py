@@ -249,7 +249,12 @@ def summary(parts: dict[str, Any]) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``check`` subcommand's options."""
     parser.add_argument("--wheels", type=Path, default=REPO / ".whl", help="the carried wheels folder")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "bench" / "results")))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("OUT", REPO / "bench" / "results")),
+        help="where gpu_check.json and gpu_check.txt go (default: $OUT, else bench/results)",
+    )
     parser.add_argument("--scratch", type=Path, default=Path(tempfile.gettempdir()) / "gpu-check")
     parser.add_argument("--cache", type=Path, help="model and data cache (default: SCRATCH/cache)")
     parser.add_argument("--budget-s", type=int, default=540, help="the whole run's deadline")
