@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,8 @@ from pathlib import Path
 from bench.common import REPO
 
 SETS = ("ours", "peer")
+# What pyproject.toml builds the distribution from.
+PROJECT_FILES = ("pyproject.toml", "README.md", "crds", "operator", "trainer_image")
 # What one device call may carry (working tree included), from the device README.
 CARRY_LIMIT_MIB = 64.0
 # pip matches each manylinux tag exactly: the device runs CPython 3.12 on x86-64 with a recent glibc.
@@ -109,6 +112,19 @@ def build_wheel(what: str, dest: Path, env: dict[str, str] | None = None) -> Non
     )
 
 
+def project_wheel(dest: Path) -> None:
+    """This checkout's wheel, built from a copy of its sources: setuptools' build/ in the tree keeps
+    files deleted since, and would put them in the wheel."""
+    with tempfile.TemporaryDirectory(prefix="gpu-check-project-") as tmp:
+        for name in PROJECT_FILES:
+            src, copy = REPO / name, Path(tmp) / name
+            if src.is_dir():
+                shutil.copytree(src, copy, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                shutil.copy2(src, copy)
+        build_wheel(tmp, dest)
+
+
 def slim_wheel(wheel: Path, drop: re.Pattern[str]) -> None:
     """Rewrite ``wheel`` in place without the members ``drop`` matches (its RECORD without them too)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,7 +152,7 @@ def prepare(wheels: Path, sets: tuple[str, ...] = SETS, *, project_only: bool = 
         for old in dest.glob("*.whl"):
             old.unlink()
         if name == "ours":
-            build_wheel(str(REPO), dest)
+            project_wheel(dest)
             if project_only:
                 continue
             download(our_requirements(), dest)
