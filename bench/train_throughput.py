@@ -93,8 +93,15 @@ def peak_flops() -> tuple[str, float | None]:
     return name, next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def run_side(side: str, python: Path, cfg: dict[str, Any]) -> dict[str, Any]:
-    """One side in its own subprocess, the plan passed as a JSON file."""
+def run_side(
+    side: str,
+    python: Path,
+    cfg: dict[str, Any],
+    *,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 3600,
+) -> dict[str, Any]:
+    """One side in its own subprocess, the plan passed as a JSON file; ``env`` adds to its environment."""
     with tempfile.TemporaryDirectory(prefix=f"bench-train-{side}-") as work:
         plan = Path(work) / "plan.json"
         plan.write_text(json.dumps(cfg))
@@ -102,8 +109,8 @@ def run_side(side: str, python: Path, cfg: dict[str, Any]) -> dict[str, Any]:
             argv = [sys.executable, "-m", "bench.workers.ours_train", "--config", str(plan)]
         else:
             argv = [str(python), str(REPO / "bench/workers/peer_train.py"), "--config", str(plan)]
-        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_CACHE": f"{work}/hf"}
-        result, memory = run_measured(argv, env=env)
+        base = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_CACHE": f"{work}/hf"}
+        result, memory = run_measured(argv, env={**base, **(env or {})}, timeout_s=timeout_s)
     result["memory"] = asdict(memory)
     return result
 

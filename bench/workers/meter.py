@@ -57,6 +57,7 @@ class Meter(TrainerCallback):
         """Totals, and steady-state tokens/s (the first step, with its warm-up, left out)."""
         steady_tokens, steady_s = sum(self.step_tokens[1:]), sum(self.step_seconds[1:])
         return {
+            **gpu_peaks(),
             "steps": len(self.step_seconds),
             "real_tokens": self.tokens,
             "padded_tokens": self.padded_tokens,
@@ -70,6 +71,16 @@ class Meter(TrainerCallback):
             if self.train_seconds
             else 0.0,
         }
+
+
+def gpu_peaks() -> dict[str, float]:
+    """The process's peak GPU memory so far (the caching allocator's), when it used a GPU."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    return {
+        "gpu_peak_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1),
+        "gpu_peak_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20, 1),
+    }
 
 
 METER: Meter | None = None

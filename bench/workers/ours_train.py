@@ -21,12 +21,15 @@ from finetune_trainer.run import execute, plan_run
 
 def job_documents(cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """The FineTuneJob and Dataset of the benchmark's plan (LoRA on every linear layer, packed)."""
-    job = {
+    model: dict[str, Any] = {"source": cfg["model_uri"]}
+    if "quantization" in cfg:  # the GPU check's QLoRA part (bench/gpu/check.py)
+        model["quantization"] = cfg["quantization"]
+    job: dict[str, Any] = {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "FineTuneJob",
         "metadata": {"name": "bench-train"},
         "spec": {
-            "model": {"source": cfg["model_uri"]},
+            "model": model,
             "datasets": [{"ref": "bench-alpaca"}],
             "method": {
                 "stage": "sft",
@@ -49,6 +52,8 @@ def job_documents(cfg: dict[str, Any]) -> list[dict[str, Any]]:
             "resources": {"gpusPerNode": cfg.get("gpus", 0)},
         },
     }
+    if "deepspeed" in cfg:  # the GPU check's ZeRO-3 part
+        job["spec"]["distributed"] = {"deepspeed": cfg["deepspeed"]}
     dataset = {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "Dataset",
