@@ -122,7 +122,7 @@ def test_a_changed_lora_rank_is_refused_even_with_resume(
 
 def test_resume_continues_with_more_steps_and_the_new_rate(out: Path, tmp_path: Path) -> None:
     job = job_file(tmp_path, out, training={"maxSteps": 6, "learningRate": 6e-3})
-    assert run_from_files([str(job)]) == 1, "a changed spec needs --resume"
+    assert run_from_files([str(job)]) == REFUSED_EXIT, "a changed spec needs --resume"
     assert run_from_files([str(job)], resume=True) == 0
     records = [r for r in log_records(out) if "loss" in r]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6], "the log holds both runs' records"
