@@ -25,10 +25,10 @@ from finetune_operator.settings import Settings, settings_from_env
 SETTINGS = Settings(trainer_image="registry.example/trainer:1")
 
 # Every Job: preemption and eviction are retried for free; a kill at the memory limit (137) and a
-# trainer refusing another run's output location (3) fail at once.
+# trainer refusing another run's output location (3) fail at once (the server wants the codes ordered).
 POD_FAILURE_RULES = [
     {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-    {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [137, 3]}},
+    {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [3, 137]}},
 ]
 
 

@@ -81,7 +81,7 @@ def test_a_trainer_refusing_another_runs_output_fails_at_once_with_its_message()
 
 def test_the_pod_failure_policy_fails_the_job_on_a_refusal_and_an_oom_kill() -> None:
     fail_job = [rule for rule in pod_failure_policy()["rules"] if rule["action"] == "FailJob"]
-    assert [rule["onExitCodes"]["values"] for rule in fail_job] == [[137, REFUSED_EXIT]]
+    assert [rule["onExitCodes"]["values"] for rule in fail_job] == [[REFUSED_EXIT, 137]]
 
 
 @pytest.mark.parametrize(

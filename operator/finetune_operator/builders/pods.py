@@ -45,7 +45,7 @@ def pod_failure_policy() -> dict[str, Any]:
                 "onExitCodes": {
                     "containerName": CONTAINER,
                     "operator": "In",
-                    "values": [SIGKILL_EXIT, REFUSED_EXIT],
+                    "values": sorted([SIGKILL_EXIT, REFUSED_EXIT]),  # the API server wants them ordered
                 },
             },
         ]
