@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from finetune_api.manifests import apply_overrides, split_overrides
 from finetune_trainer.cli import main
 from finetune_trainer.run import plan_run
+from finetune_trainer.terminate import BROKEN_PIPE_EXIT_CODE
 
 ROOT = Path(__file__).resolve().parents[2]
 SFT = str(ROOT / "examples" / "sft-lora.yaml")
@@ -107,3 +109,17 @@ def test_exponent_numbers_read_as_kubectl_reads_them(
     job.write_text(Path(SFT).read_text().replace("learningRate: 0.0005", "learningRate: 1e-4"))
     assert "learningRate: 1e-4" in job.read_text()
     assert main(["validate", str(job)]) == 0, capsys.readouterr().out
+
+
+def test_a_reader_that_leaves_early_ends_the_output_quietly() -> None:
+    # `finetune crds | head -1` once head has left: a pipe whose reading end is already closed.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "finetune_trainer.cli", "crds"],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, check=False, cwd=ROOT,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (BROKEN_PIPE_EXIT_CODE, "")

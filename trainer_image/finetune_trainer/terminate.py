@@ -27,6 +27,7 @@ EXIT_CODE: Final = 128 + signal.SIGTERM  # what a shell reports for a process en
 INTERRUPTED_EXIT_CODE: Final = 128 + signal.SIGINT  # ... and by SIGINT (Ctrl-C)
 MESSAGE: Final = "terminated by SIGTERM"
 INTERRUPTED_MESSAGE: Final = "interrupted (Ctrl-C)"
+BROKEN_PIPE_EXIT_CODE: Final = 128 + signal.SIGPIPE  # what a shell reports when a reader left: `| head`
 
 
 class Terminated(BaseException):
@@ -46,7 +47,8 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 def guarded(main: Callable[[], int]) -> int:
     """Run ``main`` with SIGTERM raising :class:`Terminated`; on it, exit the process with :data:`EXIT_CODE`.
 
-    Ctrl-C likewise ends it with one line and :data:`INTERRUPTED_EXIT_CODE`, not a traceback.
+    Ctrl-C likewise ends it with one line and :data:`INTERRUPTED_EXIT_CODE`, not a traceback, and a
+    closed stdout (a reader such as ``head`` that left) silently with :data:`BROKEN_PIPE_EXIT_CODE`.
 
     The exit is immediate (``os._exit`` after flushing): interpreter shutdown would otherwise join
     the upload threads still in flight. Off the main thread (where no handler can be set), ``main``
@@ -62,6 +64,11 @@ def guarded(main: Callable[[], int]) -> int:
         _exit_now(str(exc), EXIT_CODE)
     except KeyboardInterrupt as exc:
         _exit_now(str(exc) or INTERRUPTED_MESSAGE, INTERRUPTED_EXIT_CODE)
+    except BrokenPipeError:
+        # The reader of stdout is gone (`finetune crds | head`): quietly, as other tools end. stdout is
+        # pointed at /dev/null so the flush at interpreter exit does not raise a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_EXIT_CODE
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
