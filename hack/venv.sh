@@ -81,5 +81,17 @@ layer_venv() {
     done
     echo "$venv" >"$dest/.layered-on"
   fi
-  "$dest/bin/python" -m pip install -q --no-deps --no-build-isolation --disable-pip-version-check -e .
+  # Once per pyproject.toml (entry points, packages): the editable install follows source edits by itself.
+  local installed log
+  installed=$(sha256sum pyproject.toml | cut -c1-16)
+  [ "$(cat "$dest/.installed" 2>/dev/null)" = "$installed" ] && return 0
+  log=$(mktemp)
+  # Quiet unless it fails: setuptools warns about every editable install, a page of noise before a run.
+  if ! "$dest/bin/python" -m pip install -q --no-deps --no-build-isolation --disable-pip-version-check -e . >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    return 1
+  fi
+  rm -f "$log"
+  echo "$installed" >"$dest/.installed"
 }
