@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, StringConstraints
 
 from .common import (
     ApiModel,
@@ -437,7 +437,7 @@ class FineTuneJobStatus(ConditionedStatus):
     """Artifacts written."""
     job_name: K8sName | None = None
     """Name of the batch/v1 Job running the trainer."""
-    gpu_memory_estimate_gib: float | None = Field(default=None, ge=0, alias="gpuMemoryEstimateGiB")
-    """Estimated peak memory per GPU in GiB (preflight)."""
+    gpu_memory_estimate: Annotated[str, StringConstraints(max_length=32)] | None = None
+    """Estimated peak memory per GPU (the preflight's), as a quantity, e.g. 50.2Gi."""
     evaluation: EvaluationStatus | None = None
     """Scores of spec.evaluation, once computed."""

@@ -281,7 +281,8 @@ def test_preflight_refuses_a_job_that_cannot_fit(h: Harness, s3_server: S3Server
     failed = h.wait_phase("finetunejobs", "too-big", "Failed")
     assert h.condition(failed, "Failed")["reason"] == "InsufficientGPUMemory"
     assert "24 GiB" in h.condition(failed, "Failed")["message"]
-    assert failed["status"]["gpuMemoryEstimateGiB"] > 24
+    estimate = failed["status"]["gpuMemoryEstimate"]
+    assert estimate.endswith("Gi") and float(estimate.removesuffix("Gi")) > 24, estimate
     assert h.job("too-big-train") is None
 
 

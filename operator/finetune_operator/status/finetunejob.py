@@ -243,7 +243,7 @@ def build_job_status(
         desired |= progress_condition(status.conditions, spec.output.uri, progress_read)
     status.conditions = set_conditions(status.conditions, desired, generation, now)
     if estimate_gib is not None:
-        status.gpu_memory_estimate_gib = estimate_gib
+        status.gpu_memory_estimate = f"{estimate_gib:.1f}Gi"
     if obs is not None:
         status.job_name = obs.name
         status.start_time = status.start_time or obs.start_time
