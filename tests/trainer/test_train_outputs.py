@@ -17,7 +17,7 @@ from finetune_trainer.cli import main as finetune
 from finetune_trainer.export import export_from_files
 from finetune_trainer.run import execute, plan_run, run_from_files
 from finetune_trainer.storage import open_store, verify_artifact
-from tests.trainer.test_train_recipe import write_job
+from tests.trainer.test_train_recipe import ROOT, write_job
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +105,10 @@ def test_the_adapter_card_is_ours_and_its_snippets_run(run_027: FinishedRun, tmp
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "peft" and front["tags"] == ["finetune-operator", "lora", "sft"]
     assert "[More Information Needed]" not in card  # PEFT's template
-    assert "/tmp/" not in card.replace(str(run_027.out), "") and "finetune-card-run-rank" not in card
+    # No staging or temporary path (the run's work dir, a downloaded base): only the output and the data,
+    # which live under this checkout (itself under /tmp in a CI clone).
+    shown = card.replace(str(run_027.out), "").replace(str(ROOT), "")
+    assert "/tmp/" not in shown and "finetune-card-run-rank" not in card
     log = [json.loads(line) for line in (run_027.out / "trainer_log.jsonl").read_text().splitlines()]
     train_loss = next(r["train_loss"] for r in log if "train_loss" in r)
     for line in ("- base: `tiny://llama`", "Stage `sft`, fine-tuning `lora`.", "| rank | 8 |",
