@@ -71,7 +71,8 @@ layer_venv() {
       local name=${tool##*/}
       case "$name" in python* | pip* | activate* | Activate*) continue ;; esac
       [ -f "$tool" ] && [ ! -e "$dest/bin/$name" ] || continue
-      first=$(head -c 256 "$tool" | head -n 1)
+      first=""  # a binary's bytes never go through a command substitution (bash warns of NULs)
+      [ "$(head -c 2 "$tool")" = "#!" ] && first=$(head -n 1 "$tool")
       if [ "$first" = "#!$venv/bin/python" ] || [ "$first" = "#!$venv/bin/python3" ]; then
         { echo "#!$dest/bin/python"; tail -n +2 "$tool"; } >"$dest/bin/$name"
         chmod +x "$dest/bin/$name"
