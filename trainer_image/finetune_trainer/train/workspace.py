@@ -169,10 +169,10 @@ class Workspace:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def output_store(spec: FineTuneJobSpec, output_uri: str) -> ObjectStore:
-    """The run's output location, with the spec's S3 settings."""
-    settings = output_settings(spec) if output_uri.startswith("s3://") else None
-    return open_store(output_uri, settings=settings)
+def output_store(spec: FineTuneJobSpec, uri: str) -> ObjectStore:
+    """A location in the run's output store (the output itself, or the prepared data beside it), with the
+    spec's S3 settings."""
+    return open_store(uri, settings=output_settings(spec) if uri.startswith("s3://") else None)
 
 
 def open_workspace(
@@ -183,9 +183,8 @@ def open_workspace(
     ``share_prepared``: prepared datasets are shared beside the output (see ``prepared_root``);
     ``resume``: continue from the output's newest complete checkpoint.
     """
-    settings = output_settings(spec) if output_uri.startswith("s3://") else None
-    store = open_store(output_uri, settings=settings)
-    prepared = open_store(prepared_root(output_uri), settings=settings) if share_prepared else None
+    store = output_store(spec, output_uri)
+    prepared = output_store(spec, prepared_root(output_uri)) if share_prepared else None
     configured = os.environ.get("FINETUNE_WORK_DIR")  # the pod's emptyDir; a private temp dir otherwise
     if configured:
         work_dir = Path(configured) / f"rank-{global_rank()}"
