@@ -41,9 +41,17 @@ _CHILDREN: Final[dict[str, tuple[str, str]]] = {
 class ApiError(Exception):
     """A request the API server answered with an error status (``status`` is the HTTP code)."""
 
-    def __init__(self, status: int, method: str, path: str, message: str) -> None:
+    def __init__(
+        self, status: int, method: str, path: str, message: str, causes: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(f"{method} {path}: {status} {message}")
         self.status = status
+        self.causes = causes  # the reasons in the Status body's ``details.causes``
+
+    @property
+    def gone(self) -> bool:
+        """The object, or the namespace it lives in, is going away: there is nothing left to reconcile."""
+        return self.status == 404 or (self.status == 403 and "NamespaceTerminating" in self.causes)
 
 
 class AdoptionConflict(RuntimeError):
@@ -130,7 +138,7 @@ class Kube:
                     continue
                 break
             if status >= 400:
-                raise ApiError(status, method, path, _message(response.data))
+                raise ApiError(status, method, path, *_status(response.data))
             result: dict[str, Any] = json.loads(response.data) if response.data else {}
             return result
         finally:
@@ -302,12 +310,17 @@ def _selector(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in labels.items())
 
 
-def _message(data: bytes) -> str:
-    """The API server's own words from a ``Status`` body (raw text when it is not one)."""
+def _status(data: bytes) -> tuple[str, tuple[str, ...]]:
+    """The API server's own words from a ``Status`` body (raw text when it is not one), and the
+    reasons of its ``details.causes``."""
     try:
         status = json.loads(data)
     except ValueError:
-        return data[:500].decode(errors="replace")
+        return data[:500].decode(errors="replace"), ()
+    if not isinstance(status, dict):
+        return str(status), ()
+    causes = (status.get("details") or {}).get("causes") or []
     return (
-        str(status.get("message") or status.get("reason") or "") if isinstance(status, dict) else str(status)
+        str(status.get("message") or status.get("reason") or ""),
+        tuple(str(c.get("reason", "")) for c in causes if isinstance(c, dict)),
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,28 @@ def test_secret_custom_objects_and_errors(kube: Kube, cluster: Cluster, namespac
     assert calls("get", "secrets", "404") == before + 1
 
 
+def test_a_terminating_namespace_reads_as_gone(kube: Kube, cluster: Cluster) -> None:
+    """Creating in a namespace being deleted is the API's 403 with the NamespaceTerminating cause:
+    the handlers treat it like a 404 (nothing left to reconcile), not as a refusal to log."""
+    core = client.CoreV1Api(cluster.api_client)
+    name = f"terminating-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"metadata": {"name": name}})
+    # A finalizer keeps the namespace terminating until the test lets it go.
+    core.create_namespaced_config_map(name, {"metadata": {"name": "held", "finalizers": ["finetune.dev/test"]}})
+    try:
+        core.delete_namespace(name)
+        wait_until(lambda: core.read_namespace(name).status.phase == "Terminating", 30, "namespace terminating")
+        with pytest.raises(ApiError) as refused:
+            kube.create_or_adopt({"apiVersion": "v1", "kind": "ConfigMap", "data": {},
+                                  "metadata": {"name": "late", "namespace": name}})  # fmt: skip
+        assert refused.value.status == 403 and refused.value.gone, refused.value.causes
+        with pytest.raises(ApiError) as absent:
+            kube.secret_data(name, "absent")
+        assert absent.value.gone
+    finally:
+        core.patch_namespaced_config_map("held", name, {"metadata": {"finalizers": None}})
+
+
 def test_serviceaccount_token_and_relogin_after_401(
     cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -151,6 +174,7 @@ def test_serviceaccount_token_and_relogin_after_401(
     assert forbidden.value.status == 403 and f"system:serviceaccount:{namespace}:default" in str(
         forbidden.value
     )
+    assert not forbidden.value.gone  # a refusal, not an object going away
 
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     good = login()

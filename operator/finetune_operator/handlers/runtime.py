@@ -227,5 +227,5 @@ def run_guarded(
             if permanent:
                 raise
         except ApiError as exc:
-            if exc.status != 404:  # the object was deleted while we worked: nothing left to do
+            if not exc.gone:  # the object (or its namespace) went away while we worked: nothing left to do
                 raise
