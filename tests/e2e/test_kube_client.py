@@ -148,10 +148,14 @@ def test_a_terminating_namespace_reads_as_gone(kube: Kube, cluster: Cluster) -> 
     name = f"terminating-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
     # A finalizer keeps the namespace terminating until the test lets it go.
-    core.create_namespaced_config_map(name, {"metadata": {"name": "held", "finalizers": ["finetune.dev/test"]}})
+    core.create_namespaced_config_map(
+        name, {"metadata": {"name": "held", "finalizers": ["finetune.dev/test"]}}
+    )
     try:
         core.delete_namespace(name)
-        wait_until(lambda: core.read_namespace(name).status.phase == "Terminating", 30, "namespace terminating")
+        wait_until(
+            lambda: core.read_namespace(name).status.phase == "Terminating", 30, "namespace terminating"
+        )
         with pytest.raises(ApiError) as refused:
             kube.create_or_adopt({"apiVersion": "v1", "kind": "ConfigMap", "data": {},
                                   "metadata": {"name": "late", "namespace": name}})  # fmt: skip
