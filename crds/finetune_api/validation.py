@@ -1,12 +1,13 @@
 """Semantic validation in one place, for the CLI, the operator and the trainer.
 
-It reports *every* error with its field path, in three passes over one manifest:
+It reports *every* error with its field path, in these passes over one manifest:
 1. the models (types, bounds, enums, unknown fields), through pydantic, as strictly as the API server
    reads JSON: camelCase names only (the models' Python names are for code, not manifests), no
    quoted numbers or booleans; an unknown field comes with a "did you mean" hint (``hints``);
 2. the CEL rules of the generated CRD schema, evaluated here with cel-python on the manifest with
    the schema's defaults applied — the very rules the API server enforces at apply time;
-3. cross-object checks the API server cannot make (a FineTuneJob's Datasets exist and suit its stage).
+3. the cross-field rules CEL does not express (:mod:`finetune_api.rules`), on the parsed spec;
+4. cross-object checks the API server cannot make (a FineTuneJob's Datasets exist and suit its stage).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from .errors import FieldError
 from .finetunejob import FineTuneJobSpec, dataset_paths
 from .hints import unknown_field_hint, value_hint
 from .method import PAIRWISE_STAGES, Stage
-from .resources import KINDS, Dataset, Export, kind_of
+from .resources import KINDS, Dataset, Export, FineTuneJob, kind_of
+from .rules import export_rule_errors, job_rule_errors
 
 if TYPE_CHECKING:
     import celpy
@@ -198,7 +200,18 @@ def validate_manifest(manifest: Mapping[str, Any], old: Mapping[str, Any] | None
         for error in cel_errors(schema, apply_defaults(schema, spec), "spec", old_spec):
             if error not in errors:
                 errors.append(error)
+    if not errors:  # the cross-field rules read a spec that parses
+        errors += rule_errors(info.model.model_validate(manifest))
     return errors
+
+
+def rule_errors(resource: BaseModel) -> list[FieldError]:
+    """The cross-field rules (:mod:`finetune_api.rules`) of a parsed FineTuneJob or Export; none for others."""
+    if isinstance(resource, FineTuneJob):
+        return job_rule_errors(resource.spec)
+    if isinstance(resource, Export):
+        return export_rule_errors(resource.spec)
+    return []
 
 
 def check_dataset_refs(

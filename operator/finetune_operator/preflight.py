@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit
 
 from finetune_api.finetunejob import FineTuneJobSpec, Precision
 from finetune_api.method import PAIRWISE_STAGES, Finetuning, Stage
+from finetune_api.tiny import parse_tiny_uri
 
 GIB = 1024**3
 # Fixed per-process cost: CUDA context, NCCL buffers, allocator fragmentation.
 OVERHEAD_BYTES = 1.5 * GIB
 OVERHEAD_SHARE = 0.10
-# Defaults of finetune_trainer.model.tiny.TinySpec (the operator never imports the trainer).
-TINY_DEFAULTS = {"layers": 2, "hidden": 64, "heads": 4, "kv_heads": 2, "intermediate": 128, "vocab": 1024}
 # (billions of parameters, layers, hidden, intermediate, kv share of hidden, vocab): common open models.
 KNOWN_SHAPES = (
     (0.135, 30, 576, 1536, 1 / 3, 49152),
@@ -73,19 +71,10 @@ class MemoryEstimate:
 
 
 def _tiny_shape(uri: str) -> ModelShape:
-    parts = urlsplit(uri)
-    opts = dict(TINY_DEFAULTS)
-    for key, value in parse_qsl(parts.query):
-        if key in opts:
-            if not value.isdigit() or int(value) == 0:
-                raise ValueError(
-                    f"spec.model.source: tiny:// option {key}={value!r} must be a positive integer"
-                )
-            opts[key] = int(value)
-    h, layers, inter, vocab = opts["hidden"], opts["layers"], opts["intermediate"], opts["vocab"]
-    kv = h * opts["kv_heads"] // opts["heads"]
-    per_layer = 2 * h * h + 2 * h * kv + 3 * h * inter
-    return ModelShape(layers * per_layer + 2 * vocab * h, layers, h, inter, kv, vocab)
+    t = parse_tiny_uri(uri)
+    h, kv = t.hidden, t.kv_hidden
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * t.intermediate
+    return ModelShape(t.layers * per_layer + 2 * t.vocab * h, t.layers, h, t.intermediate, kv, t.vocab)
 
 
 def model_shape(source: str) -> ModelShape | None:
@@ -105,10 +94,10 @@ def _trainable(spec: FineTuneJobSpec, shape: ModelShape) -> float:
     if method.finetuning == Finetuning.FULL:
         return shape.params
     if method.finetuning == Finetuning.FREEZE:
-        layers = abs(method.freeze.trainable_layers) if method.freeze else 2
+        layers = abs(method.freeze_or_default().trainable_layers)
         return shape.params * min(layers, shape.layers) / shape.layers
-    rank = method.lora.rank if method.lora else 8
-    targets = method.lora.target_modules if method.lora else ["all"]
+    lora = method.lora_or_default()
+    rank, targets = lora.rank, lora.target_modules
     h, kv, i = shape.hidden, shape.kv_hidden, shape.intermediate
     per_layer = 7 * h + 2 * kv + 3 * i  # sum of in+out features over q,k,v,o,gate,up,down
     share = 1.0 if "all" in targets else min(len(targets), 7) / 7

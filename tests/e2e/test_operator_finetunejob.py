@@ -94,6 +94,34 @@ def test_semantic_errors_fail_with_a_reason_and_no_job(
     assert h.job("no-output-train") is None and h.job("dpo-on-sft-train") is None
 
 
+# The invalid examples the API server accepts because CEL cannot say them: finetune_api.rules.
+SPEC_RULE_EXAMPLES = [
+    p for p in sorted((ROOT / "examples" / "invalid").glob("*.yaml"))
+    if "# apiserver: accepts (a spec rule" in p.read_text()
+]  # fmt: skip
+
+
+def test_every_spec_rule_has_an_invalid_example() -> None:
+    from finetune_api.rules import EXPORT_RULES, JOB_RULES
+
+    assert len(SPEC_RULE_EXAMPLES) >= len(JOB_RULES) + len(EXPORT_RULES)
+
+
+@pytest.mark.parametrize("path", SPEC_RULE_EXAMPLES, ids=lambda p: p.name)
+def test_a_spec_rule_fails_the_object_before_any_job(h: Harness, path: Path) -> None:
+    """What `finetune validate` refuses with the same words (tests/unit/test_validation.py), as applied."""
+    expected = re.search(r"^# expect: (.+)$", path.read_text(), re.MULTILINE)
+    assert expected is not None
+    doc = next(d.body for d in load_documents([path]) if d.body["kind"] in ("FineTuneJob", "Export"))
+    plural, name = f"{doc['kind'].lower()}s", doc["metadata"]["name"]
+    h.create(plural, name, doc["spec"], doc["kind"])
+    failed = h.wait_phase(plural, name, "Failed")
+    assert h.condition(failed, "Failed")["reason"] == "InvalidSpec"
+    assert expected.group(1).strip() in h.condition(failed, "Failed")["message"]
+    child = "train" if doc["kind"] == "FineTuneJob" else "export"
+    assert h.job(f"{name}-{child}") is None
+
+
 def test_cluster_rules_refuse_what_validate_cluster_refuses_before_any_job(
     h: Harness, s3_server: S3Server, s3_bucket: str
 ) -> None:

@@ -16,10 +16,8 @@ from bitsandbytes.nn import Linear4bit, Linear8bitLt
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune_api.finetunejob import Attention, ModelSpec, Precision
-from finetune_api.method import Finetuning
 from finetune_trainer.model import load_model_and_tokenizer, tiny_model_path
 from finetune_trainer.model.loader import (
-    check_model_spec,
     flash_attn_installed,
     resolve_attention,
     resolve_dtype,
@@ -108,23 +106,6 @@ def test_resolve_attention() -> None:
     else:
         assert resolve_attention(Attention.AUTO, cuda=True, dtype=torch.bfloat16) == "flash_attention_2"
         assert resolve_attention(Attention.AUTO, cuda=True, dtype=torch.float32) == "sdpa"
-
-
-@pytest.mark.parametrize(
-    ("fields", "finetuning", "message"),
-    [
-        ({"quantization": {"bits": 4}}, Finetuning.FULL, "model.quantization: .*lora.*not full"),
-        ({"quantization": {"bits": 8}}, Finetuning.FREEZE, "model.quantization: .*not freeze"),
-        ({"adapter": "s3://b/adapter"}, Finetuning.FULL, "model.adapter: .*not full"),
-    ],
-)
-def test_unsupported_combinations_name_the_field(
-    fields: dict[str, Any], finetuning: Finetuning, message: str
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        check_model_spec(spec(**fields), finetuning=finetuning)
-    with pytest.raises(ValueError, match=message):
-        load_model_and_tokenizer(spec(**fields), finetuning=finetuning)
 
 
 # ---- loading tiny models -------------------------------------------------------------------------

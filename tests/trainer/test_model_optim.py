@@ -88,8 +88,4 @@ def test_galore_target_subset_and_errors() -> None:
     bad_target = method("full", galore={"target": ["qkv"]})
     with pytest.raises(ValueError, match=r"method.galore.target: no trainable linear weight matches qkv"):
         build_optimizer(prepared(bad_target), bad_target, TrainingSpec())
-    lora = method("lora", galore={})
-    with pytest.raises(
-        ValueError, match=r"method.galore: GaLore applies to finetuning full or freeze, not lora"
-    ):
-        build_optimizer(prepared(lora), lora, TrainingSpec())
+    # With lora: examples/invalid/galore-with-lora.yaml.

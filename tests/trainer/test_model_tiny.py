@@ -13,8 +13,8 @@ from finetune_trainer.model.tiny import (
     IM_START,
     TINY_VERSION,
     TinySpec,
+    cache_name,
     cache_root,
-    parse_tiny_uri,
     tiny_model_path,
 )
 
@@ -23,33 +23,12 @@ from .helpers import weights_sha256
 # ---- pure ----------------------------------------------------------------------------------------
 
 
-def test_parse_defaults_and_overrides() -> None:
-    assert parse_tiny_uri("tiny://llama") == TinySpec(arch="llama")
-    spec = parse_tiny_uri("tiny://qwen2?layers=4&hidden=256&heads=8&kv_heads=2&seed=0")
-    assert (spec.arch, spec.layers, spec.hidden, spec.heads, spec.kv_heads) == ("qwen2", 4, 256, 8, 2)
-
-
-@pytest.mark.parametrize(
-    ("uri", "message"),
-    [
-        ("tiny://gpt5", "tiny://<arch>"),
-        ("tiny://llama/extra", "tiny://<arch>"),
-        ("tiny://llama?depth=3", "unknown tiny:// option 'depth'"),
-        ("tiny://llama?layers=two", "layers='two' must be a positive integer"),
-        ("tiny://llama?layers=0", "must be a positive integer"),
-        ("tiny://llama?hidden=65", "hidden must be a multiple of heads"),
-        ("tiny://llama?heads=4&kv_heads=3", "heads a multiple of kv_heads"),
-    ],
-)
-def test_parse_rejects_bad_uris_naming_the_field(uri: str, message: str) -> None:
-    with pytest.raises(ValueError, match=r"model.source") as err:
-        parse_tiny_uri(uri)
-    assert message in str(err.value)
+# Parsing tiny:// URIs is the API's: tests/unit/test_tiny_uri.py.
 
 
 def test_cache_name_keys_by_arch_version_and_changed_fields_only() -> None:
-    assert TinySpec(arch="llama").cache_name() == f"llama-v{TINY_VERSION}"
-    assert TinySpec(arch="qwen2", layers=4, seed=0).cache_name() == f"qwen2-v{TINY_VERSION}-layers4"
+    assert cache_name(TinySpec(arch="llama")) == f"llama-v{TINY_VERSION}"
+    assert cache_name(TinySpec(arch="qwen2", layers=4, seed=0)) == f"qwen2-v{TINY_VERSION}-layers4"
 
 
 def test_cache_root_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

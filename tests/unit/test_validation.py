@@ -121,3 +121,20 @@ def test_evaluation_datasets_must_exist_too() -> None:
     }
     missing = validate_documents([job, dataset])
     assert [str(e) for e in missing[0]] == ["spec.evaluation: Dataset 'mmlu' not found"]
+
+
+def test_quantization_and_an_adapter_need_lora_tuning() -> None:
+    """Each by its field, whichever other tuning is asked (one example per rule is in examples/invalid/)."""
+    for finetuning in ("full", "freeze"):
+        quantized = validate_manifest(
+            _job(model={"source": "tiny://llama", "quantization": {"bits": 8}},
+                 method={"stage": "sft", "finetuning": finetuning})
+        )  # fmt: skip
+        assert [e.path for e in quantized] == ["spec.model.quantization"], quantized
+        adapter = validate_manifest(
+            _job(model={"source": "tiny://llama", "adapter": "s3://b/adapter"},
+                 method={"stage": "sft", "finetuning": finetuning})
+        )  # fmt: skip
+        assert [str(e) for e in adapter] == [
+            f"spec.model.adapter: continuing an adapter needs method.finetuning: lora, not {finetuning}"
+        ]

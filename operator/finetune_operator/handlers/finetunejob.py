@@ -15,6 +15,7 @@ from finetune_api.cluster import job_cluster_errors
 from finetune_api.common import OutputSpec
 from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Phase, dataset_paths
 from finetune_api.resources import Dataset, FineTuneJob
+from finetune_api.rules import job_rule_errors
 
 from .. import metrics
 from .. import preflight as pf
@@ -115,7 +116,10 @@ def _gate(kube: Kube, job: FineTuneJob) -> tuple[Verdict | None, float | None]:
     """Checks before the Job exists: spec, Datasets, memory preflight. Returns the verdict that stops the
     job here (None: it may run) and the memory estimate."""
     datasets = _datasets(job)
-    errors = job_cluster_errors(job.spec, {name: ds.spec for name, ds in datasets.items()})
+    # The spec's own rules (the API server ran only the CEL ones), then those of running on the cluster.
+    errors = job_rule_errors(job.spec) + job_cluster_errors(
+        job.spec, {n: ds.spec for n, ds in datasets.items()}
+    )
     if errors:
         return Verdict(Phase.FAILED, r.INVALID_SPEC, "; ".join(map(str, errors))), None
     waiting = dataset_gate(job.spec, datasets)

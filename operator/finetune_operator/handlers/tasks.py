@@ -12,6 +12,7 @@ from finetune_api.dataset import DatasetPhase, DatasetStatus
 from finetune_api.export import ExportPhase, ExportStatus
 from finetune_api.finetunejob import FineTuneJobStatus
 from finetune_api.resources import Dataset, Export, FineTuneJob
+from finetune_api.rules import export_rule_errors
 
 from .. import metrics
 from ..builders.common import MANAGED_BY, MANAGER, OWNER_KIND, Owner
@@ -99,7 +100,7 @@ def reconcile_export(body: Mapping[str, Any]) -> None:
     quantization = export.spec.quantization
     if quantization is not None and quantization.calibration_dataset:
         calibration = indexed_dataset(body["metadata"]["namespace"], quantization.calibration_dataset)
-    errors = export_cluster_errors(export.spec)
+    errors = export_rule_errors(export.spec) + export_cluster_errors(export.spec)
     refusal = Verdict(ExportPhase.FAILED, r.INVALID_SPEC, "; ".join(map(str, errors))) if errors else None
     gate = refusal or export_gate(export, source, calibration)
     if gate is not None:

@@ -32,7 +32,6 @@ from .report import evaluation_status, publish_evaluation
 from .scores import score_predictions
 
 log = logging.getLogger(__name__)
-ZERO3 = ("zero3", "zero3_offload")
 
 
 @dataclass
@@ -110,10 +109,6 @@ def prepare_evaluation(
     evaluation = job.evaluation
     if evaluation is None:
         return None
-    if job.distributed.deepspeed in ZERO3:
-        raise ValueError(
-            "spec.evaluation: runs on one process and cannot use a ZeRO-3 sharded model; drop it or use zero2"
-        )
     configs = evaluation_datasets(documents, evaluation)
     predict_rows = _predict_rows(job, train, configs, processing, tokenizer) if evaluation.predict else None
     plan = None

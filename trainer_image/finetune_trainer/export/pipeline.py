@@ -237,7 +237,7 @@ def run_export(plan: ExportPlan, work_dir: Path) -> ExportResult:
     Raises:
         ValueError: a refused combination (naming the spec field) or a failed self-check.
     """
-    check_quantization(plan.spec.quantization, cuda=cuda_available(), weight_format=plan.spec.format)
+    check_quantization(plan.spec.quantization, cuda=cuda_available())
     rss_before = peak_rss_bytes()
     store = output_store(plan)
     source = resolve_source(plan)

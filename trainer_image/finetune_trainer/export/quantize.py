@@ -23,16 +23,15 @@ log = logging.getLogger(__name__)
 GPTQ_PACKAGES = ("optimum", "gptqmodel")  # transformers' GPTQ quantizer needs both
 
 
-def check_quantization(quant: ExportQuantizationSpec | None, *, cuda: bool, weight_format: str) -> None:
-    """Refuse what cannot run here, before any weight is loaded.
+def check_quantization(quant: ExportQuantizationSpec | None, *, cuda: bool) -> None:
+    """Refuse what cannot run here, before any weight is loaded (a quantized .bin export is the API's
+    rule: finetune_api.rules.quantized_export_is_safetensors).
 
     Raises:
-        ValueError: GPTQ without a CUDA GPU or without its packages; a quantized .bin export.
+        ValueError: GPTQ without a CUDA GPU or without its packages.
     """
     if quant is None:
         return
-    if weight_format != "safetensors":
-        raise ValueError("spec.format: quantized exports are written as safetensors; drop format: bin")
     if quant.method != "gptq":
         return
     if not cuda:

@@ -214,8 +214,6 @@ def prepare_model_for_training(
     Raises:
         ValueError: a combination the method cannot honour, naming the spec field.
     """
-    if llama_pro_blocks and method.finetuning != Finetuning.FREEZE:
-        raise ValueError("model.llamaProBlocks: trains only the new blocks; needs method.finetuning: freeze")
     if method.finetuning != Finetuning.LORA and is_quantized(model):
         raise ValueError(
             f"model.quantization: needs method.finetuning: lora (QLoRA), not {method.finetuning.value}"

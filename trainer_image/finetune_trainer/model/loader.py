@@ -107,34 +107,6 @@ def resolve_attention(attention: Attention, *, cuda: bool, dtype: torch.dtype, p
     return attention.value
 
 
-def check_model_spec(spec: ModelSpec, *, finetuning: Finetuning) -> None:
-    """Refuse combinations the loader cannot honour, naming the spec field.
-
-    Raises:
-        ValueError: quantization or an adapter without LoRA.
-    """
-    if spec.quantization is not None and finetuning != Finetuning.LORA:
-        raise ValueError(
-            f"model.quantization: quantized training needs method.finetuning: lora (QLoRA), not {finetuning.value}"
-        )
-    if spec.adapter is not None and finetuning != Finetuning.LORA:
-        raise ValueError(
-            f"model.adapter: continuing an adapter needs method.finetuning: lora, not {finetuning.value}"
-        )
-    if not spec.use_fast_tokenizer:
-        raise ValueError(
-            "model.useFastTokenizer: false cannot be honoured: transformers 5 always loads the fast tokenizer"
-        )
-    if spec.shift_attention and spec.attention not in (Attention.AUTO, Attention.SDPA):
-        raise ValueError(
-            f"model.shiftAttention: works with attention auto or sdpa, not {spec.attention.value}"
-        )
-    if spec.llama_pro_blocks is not None and finetuning != Finetuning.FREEZE:
-        raise ValueError(
-            f"model.llamaProBlocks: trains only the new blocks; needs method.finetuning: freeze, not {finetuning.value}"
-        )
-
-
 def bnb_config(quantization: QuantizationSpec, *, compute_dtype: torch.dtype) -> BitsAndBytesConfig:
     """The bitsandbytes config of ``model.quantization``."""
     if quantization.bits == 8:
@@ -256,7 +228,6 @@ def load_model_and_tokenizer(
     Raises:
         ValueError: an unsupported combination, naming the spec field.
     """
-    check_model_spec(spec, finetuning=finetuning)
     cuda = cuda_available()
     dtype = resolve_dtype(precision, cuda=cuda)
     attention = resolve_attention(spec.attention, cuda=cuda, dtype=dtype, packing=packing)

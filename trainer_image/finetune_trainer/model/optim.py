@@ -108,9 +108,7 @@ def build_optimizer(
     Raises:
         ValueError: GaLore with LoRA (it projects full weight gradients), naming the field.
     """
-    if method.galore is not None:
-        if method.finetuning == Finetuning.LORA:
-            raise ValueError("method.galore: GaLore applies to finetuning full or freeze, not lora")
+    if method.galore is not None:  # never with lora (the API's rule)
         return galore_optimizer(model, method.galore, training)
     if method.finetuning == Finetuning.LORA and method.lora is not None and method.lora.loraplus_lr_ratio:
         if not isinstance(model, PeftModel):

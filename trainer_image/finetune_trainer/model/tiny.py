@@ -15,10 +15,7 @@ import dataclasses
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
-from urllib.parse import parse_qsl, urlsplit
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -31,14 +28,14 @@ from transformers import (
     Qwen2Config,
 )
 
+from finetune_api.tiny import TinySpec, parse_tiny_uri
+
 from ..files import new_staging_dir
 from .corpus import corpus_lines
 
 # Bump when the corpus, tokenizer recipe or default shapes change: it is part of the cache key.
 TINY_VERSION = 2
 CACHE_DIR_ENV = "FINETUNE_CACHE_DIR"
-TinyArch = Literal["llama", "qwen2"]
-TINY_ARCHS: tuple[TinyArch, ...] = ("llama", "qwen2")
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|endoftext|>", "<|pad|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -58,63 +55,15 @@ CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class TinySpec:
-    """Shape of a tiny model; every field can be overridden in the URI's query string."""
-
-    arch: TinyArch
-    layers: int = 2
-    hidden: int = 64
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate: int = 128
-    vocab: int = 1024
-    """Tokenizer size (the corpus grows with it); the embedding is padded up to it should BPE stop short."""
-    max_positions: int = 2048
-    seed: int = 0
-
-    def cache_name(self) -> str:
-        """Folder name: arch, version, and only the fields that differ from the defaults."""
-        defaults = TinySpec(arch=self.arch)
-        changed = [
-            f"{f.name}{getattr(self, f.name)}"
-            for f in dataclasses.fields(self)
-            if f.name != "arch" and getattr(self, f.name) != getattr(defaults, f.name)
-        ]
-        return "-".join([self.arch, f"v{TINY_VERSION}", *changed])
-
-
-def parse_tiny_uri(uri: str) -> TinySpec:
-    """Parse ``tiny://<arch>[?key=int&...]`` into a :class:`TinySpec`.
-
-    Raises:
-        ValueError: unknown arch or option, non-integer values, or inconsistent shapes; the
-            message names ``model.source``.
-    """
-    parts = urlsplit(uri)
-    if parts.scheme != "tiny" or parts.netloc not in TINY_ARCHS or parts.path not in ("", "/"):
-        raise ValueError(
-            f"model.source: {uri!r} is not tiny://<arch> with arch one of {', '.join(TINY_ARCHS)}"
-        )
-    known = {f.name for f in dataclasses.fields(TinySpec)} - {"arch"}
-    options: dict[str, int] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query)):
-        if key not in known:
-            raise ValueError(
-                f"model.source: unknown tiny:// option {key!r}; known: {', '.join(sorted(known))}"
-            )
-        if not value.isdigit() or (int(value) == 0 and key != "seed"):
-            raise ValueError(
-                f"model.source: tiny:// option {key}={value!r} must be a positive integer (seed may be 0)"
-            )
-        options[key] = int(value)
-    spec = TinySpec(arch=cast(TinyArch, parts.netloc), **options)
-    if spec.hidden % spec.heads or spec.heads % spec.kv_heads or (spec.hidden // spec.heads) % 2:
-        raise ValueError(
-            f"model.source: {uri!r}: hidden must be a multiple of heads with an even head size, "
-            "and heads a multiple of kv_heads"
-        )
-    return spec
+def cache_name(spec: TinySpec) -> str:
+    """Folder name: arch, version, and only the fields that differ from the defaults."""
+    defaults = TinySpec(arch=spec.arch)
+    changed = [
+        f"{f.name}{getattr(spec, f.name)}"
+        for f in dataclasses.fields(spec)
+        if f.name != "arch" and getattr(spec, f.name) != getattr(defaults, f.name)
+    ]
+    return "-".join([spec.arch, f"v{TINY_VERSION}", *changed])
 
 
 def cache_root() -> Path:
@@ -131,11 +80,11 @@ def tiny_model_path(uri: str, *, root: Path | None = None) -> Path:
     """
     spec = parse_tiny_uri(uri)
     base = (root or cache_root()) / "tiny"
-    target = base / spec.cache_name()
+    target = base / cache_name(spec)
     if (target / "config.json").is_file():
         return target
     base.mkdir(parents=True, exist_ok=True)
-    staging = new_staging_dir(base, f".{spec.cache_name()}-")
+    staging = new_staging_dir(base, f".{cache_name(spec)}-")
     try:
         save_tiny_model(spec, staging)
         try:

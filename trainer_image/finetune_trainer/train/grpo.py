@@ -34,21 +34,14 @@ REWARD_MODEL_FIELD = "spec.method.grpo.rewardModel"
 
 
 def grpo_of(spec: FineTuneJobSpec) -> GrpoSpec:
-    """The grpo block, and a batch that holds whole groups.
+    """The grpo block (its batch holds whole groups: finetune_api.rules.grpo_whole_groups).
 
     Raises:
-        ValueError: no grpo block, or a batch not divisible by numGenerations.
+        ValueError: no grpo block.
     """
     grpo = spec.method.grpo
     if grpo is None:
         raise ValueError("spec.method.grpo: stage grpo needs a grpo block")
-    t = spec.training
-    batch = t.per_device_batch_size * t.gradient_accumulation_steps
-    if batch % grpo.num_generations:
-        raise ValueError(
-            f"spec.training.perDeviceBatchSize: times gradientAccumulationSteps ({batch}) must be a multiple of "
-            f"spec.method.grpo.numGenerations ({grpo.num_generations}): each batch holds whole groups"
-        )
     return grpo
 
 

@@ -31,15 +31,8 @@ def length_reward(target: int) -> RewardFunction:
 
 
 def regex_reward(pattern: str) -> RewardFunction:
-    """1 when the pattern is found in the completion (anchor it with ^…$ to match the whole), else 0.
-
-    Raises:
-        ValueError: the pattern does not compile.
-    """
-    try:
-        compiled = re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"spec.method.grpo.rewards: regex {pattern!r} does not compile: {exc}") from exc
+    """1 when the pattern is found in the completion (anchor it with ^…$ to match the whole), else 0."""
+    compiled = re.compile(pattern)  # it compiles: finetune_api.rules.grpo_regexes_compile
 
     def regex_match(completions: list[str], **_: Any) -> list[float]:
         return [1.0 if compiled.search(text.strip()) else 0.0 for text in completions]

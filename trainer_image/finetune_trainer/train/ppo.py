@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from finetune_api.finetunejob import FineTuneJobSpec
-from finetune_api.method import Finetuning, PpoSpec
+from finetune_api.method import PpoSpec
 
 from ..data import (
     DatasetConfig,
@@ -54,22 +54,15 @@ def check_ppo_spec(spec: FineTuneJobSpec) -> PpoSpec:
     """The ppo block, after refusing what model-sharing PPO cannot do (naming the field).
 
     Raises:
-        ValueError: no ppo block, tuning other than LoRA, LoRA+, DeepSpeed or several processes.
+        ValueError: no ppo block, or launched as several processes.
     """
     ppo = spec.method.ppo
     if ppo is None:
         raise ValueError("spec.method.ppo: stage ppo needs a ppo block")
-    if spec.method.finetuning != Finetuning.LORA:
-        raise ValueError(
-            "spec.method.finetuning: stage ppo shares one base model between policy, reference and reward, "
-            f"which needs lora, not {spec.method.finetuning.value}"
-        )
-    if spec.method.lora_or_default().loraplus_lr_ratio is not None:
-        raise ValueError("spec.method.lora.loraplusLrRatio: not supported by stage ppo")
-    if spec.distributed.deepspeed is not None or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError(
-            "spec.resources: stage ppo runs in one process on one device; drop distributed and use one GPU"
-        )
+    # What the spec alone decides (LoRA, no LoRA+, no DeepSpeed, one GPU, AdamW) is the API's rule
+    # (finetune_api.rules.ppo_limits); what only the launch decides is checked here.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("spec.resources: stage ppo runs in one process on one device; launch one process")
     return ppo
 
 
