@@ -213,7 +213,7 @@ class TrainingSpec(ApiModel):
     optimizer: Literal[
         "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"
     ] = "adamw_torch"
-    """Optimizer (ignored when method.galore is set)."""
+    """Optimizer (ignored when method.galore is set; stage ppo takes adamw_torch only)."""
     max_grad_norm: float = Field(default=1.0, ge=0, le=1e6)
     """Gradient clipping norm; 0 disables clipping."""
     weight_decay: float = Field(default=0.0, ge=0, le=10)
