@@ -11,9 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 
 from finetune_api.manifests import load_documents
+from finetune_api.pod import JOB_FILE
+from finetune_operator.builders.training import config_map_name
 from tests.e2e.operator_harness import Harness, OperatorProcess, operator_fixture  # noqa: F401 (fixture)
 from tests.fixtures.cluster import Cluster, wait_until
 from tests.fixtures.s3 import S3Server
@@ -69,7 +72,9 @@ def test_every_cluster_example_is_accepted_and_started_by_the_operator(
         ]
         pod = h.batch.read_namespaced_job(f"{name}-train", namespace).spec.template.spec
         env = {e.name: e for e in pod.containers[0].env}
-        assert env["FINETUNE_OUTPUT_URI"].value == f"s3://{BUCKET}/runs/{name}"
+        manifest = h.core.read_namespaced_config_map(config_map_name(name), namespace).data[JOB_FILE]
+        spec = next(d for d in yaml.safe_load_all(manifest) if d["kind"] == "FineTuneJob")["spec"]
+        assert spec["output"]["uri"] == f"s3://{BUCKET}/runs/{name}"
         assert env["AWS_ACCESS_KEY_ID"].value_from.secret_key_ref.name == SECRET
         assert {v.secret.secret_name for v in pod.volumes if v.secret} == {SECRET}
 

@@ -24,7 +24,7 @@ from finetune_trainer.export.card import (
     ollama_template,
     run_metrics,
 )
-from finetune_trainer.export.command import fit_report
+from finetune_trainer.export.command import fit_export_report
 from finetune_trainer.export.plan import parent_uri, parse_size, plan_export, same_location
 from finetune_trainer.export.quantize import check_quantization
 from finetune_trainer.export.verify import compare_logits, rtol_for
@@ -213,12 +213,12 @@ def test_fit_report_drops_the_file_list_first() -> None:
     ]
     report = {"uri": "s3://b/m", "files": files, "sizeBytes": 100, "manifest": "s3://b/m/manifest.json",
               "verification": {"passed": True}}  # fmt: skip
-    text = fit_report(report)
+    text = fit_export_report(report)
     assert len(text.encode()) <= 4096 and json.loads(text) == {
         k: v for k, v in report.items() if k != "files"
     }
     small = {**report, "files": files[:2]}
-    assert json.loads(fit_report(small)) == small
+    assert json.loads(fit_export_report(small)) == small
 
 
 def test_export_peak_rss_is_the_process_own_not_its_parents() -> None:

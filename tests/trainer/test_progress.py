@@ -276,10 +276,10 @@ def test_slow_storage_never_blocks_and_the_newest_record_wins(tmp_path: Path) ->
 def test_default_termination_log_is_written_only_where_the_kubelet_made_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from finetune_trainer.progress import reporter as reporter_module
+    from finetune_api import pod
 
     default = tmp_path / "termination-log"
-    monkeypatch.setattr(reporter_module, "DEFAULT_TERMINATION_LOG", str(default))
+    monkeypatch.setattr(pod, "DEFAULT_TERMINATION_LOG", default)
     monkeypatch.delenv("FINETUNE_TERMINATION_LOG", raising=False)
     ProgressReporter(show_bar=False).finish("Succeeded")
     assert not default.exists(), "outside Kubernetes the default path must not be created"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from finetune_api import pod
 from finetune_api.manifests import load_documents
 from finetune_api.resources import Dataset, Export, FineTuneJob
 from finetune_api.validation import validate_documents
@@ -22,6 +24,7 @@ from finetune_operator.builders.training import (
 )
 from finetune_operator.settings import Settings, settings_from_env
 
+ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = Settings(trainer_image="registry.example/trainer:1")
 
 # Every Job: preemption and eviction are retried for free; a kill at the memory limit (137) and a
@@ -100,7 +103,10 @@ def test_credentials_are_references_never_values() -> None:
         make_job(model={"source": "hf://org/m-1B", "credentialsSecret": "hf"}), [ds], OWNER, SETTINGS
     )
     env = env_of(job)
-    assert env["FINETUNE_OUTPUT_URI"] == "s3://bucket/run"
+    # The output's URI reaches the trainer in its manifest; the environment carries how to reach it.
+    docs = yaml.safe_load_all(build_config_map(make_job(), [ds], OWNER)["data"]["job.yaml"])
+    config = next(d for d in docs if d["kind"] == "FineTuneJob")
+    assert config["spec"]["output"]["uri"] == "s3://bucket/run"
     assert env["AWS_ENDPOINT_URL_S3"] == "http://s3:9000"
     assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "accessKeyId"}}
     assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3-creds", "key": "secretAccessKey"}}
@@ -211,7 +217,7 @@ def test_export_job_carries_the_export_and_its_finetunejob() -> None:
     docs = list(yaml.safe_load_all(cm["data"]["export.yaml"]))
     assert [d["kind"] for d in docs] == ["Export", "FineTuneJob"]
     assert container(job)["command"] == ["finetune", "export", "/etc/finetune/export.yaml"]
-    assert env_of(job)["FINETUNE_OUTPUT_URI"] == "s3://b/merged"
+    assert docs[0]["spec"]["output"]["uri"] == "s3://b/merged"
     assert job["spec"]["podFailurePolicy"]["rules"] == POD_FAILURE_RULES
     assert job["spec"]["backoffLimit"] == 2
 
@@ -245,3 +251,31 @@ def test_each_datasets_own_secret_is_mounted_and_named_for_the_trainer() -> None
     assert list(folders) == ["chats"]
     mounts = {m["mountPath"] for m in container(job)["volumeMounts"]}
     assert folders["chats"] in mounts
+
+
+def test_every_finetune_variable_a_pod_gets_is_one_the_trainer_reads() -> None:
+    """The pod contract (finetune_api.pod) names every FINETUNE_* variable the builders set, and the
+    trainer's code reads each one it names: no variable is set for nobody."""
+    contract = {value for name, value in vars(pod).items() if name.endswith("_ENV")}
+    ds = make_dataset(credentialsSecret="hf")
+    training = build_trainer_job(make_job(model={"source": "hf://org/m-1B", "credentialsSecret": "hf"}),
+                                 [ds], OWNER, SETTINGS)  # fmt: skip
+    _, validation = build_validation(
+        make_dataset(source="s3://d/x.jsonl", credentialsSecret="s3"),
+        Owner("Dataset", "d", "team", "u2"),
+        SETTINGS,
+    )
+    export = Export.model_validate(
+        {"metadata": {"name": "merged", "namespace": "team"},
+         "spec": {"fineTuneJobRef": "demo", "output": {"uri": "s3://b/merged", "credentialsSecret": "s3-creds"}}}
+    )  # fmt: skip
+    _, exporting = build_export(export, make_job(), Owner("Export", "merged", "team", "u3"), SETTINGS)
+    for job in (training, validation, exporting):
+        names = {name for name in env_of(job) if name.startswith("FINETUNE_")}
+        assert names and names <= contract, names - contract
+    trainer = "\n".join(p.read_text() for p in (ROOT / "trainer_image" / "finetune_trainer").rglob("*.py"))
+    named = {name for name in vars(pod) if name.endswith("_ENV")}
+    unread = {name for name in named if not re.search(rf"\b{name}\b", trainer)}
+    # These two are read by the contract's own helpers, which the trainer calls
+    # (pod.dataset_credentials_dirs, pod.write_termination_message).
+    assert unread <= {"DATASET_CREDENTIALS_ENV", "TERMINATION_LOG_ENV"}, unread

@@ -7,22 +7,16 @@ termination message, which the operator copies into the status.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from finetune_api.dataset import DatasetPhase, DatasetStatus, RowError, TokenStats
 from finetune_api.manifests import load_documents
+from finetune_api.pod import TERMINATION_MAX, fit_report, write_termination_message
 from finetune_api.resources import Dataset
 from finetune_api.validation import validate_documents
-
-TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
-DEFAULT_TERMINATION_LOG = Path("/dev/termination-log")
-TERMINATION_MAX = 4096  # the kubelet keeps at most this many bytes
 
 
 def report_document(report: Any) -> dict[str, Any]:
@@ -52,15 +46,7 @@ def report_document(report: Any) -> dict[str, Any]:
 
 def fit(document: dict[str, Any], limit: int = TERMINATION_MAX) -> str:
     """The JSON of ``document``, shortened to ``limit`` bytes by dropping previews, then errors."""
-    doc = dict(document)
-    for key in ("preview", "errors"):
-        while len(json.dumps(doc).encode()) > limit and doc.get(key):
-            doc[key] = doc[key][:-1]
-    text = json.dumps(doc)
-    if len(text.encode()) > limit:
-        doc.pop("message", None)
-        text = json.dumps(doc)
-    return text
+    return fit_report(document, trim=("preview", "errors"), drop=("message",), limit=limit)
 
 
 def validate_data_from_files(
@@ -97,7 +83,7 @@ def validate_data_from_files(
         print(f"{name}: {summary(reports[name])}", file=sys.stderr)
         failed |= not report.valid or (report.num_errors > 0 and not allow_invalid_rows)
     print(json.dumps(reports, indent=2))
-    _write_termination_log(last)  # one Dataset per validation Job: its status-shaped report
+    write_termination_message(last)  # one Dataset per validation Job: its status-shaped report
     return 1 if failed else 0
 
 
@@ -123,12 +109,3 @@ def _tokenizer(model: str) -> Any:
 
     spec = ModelSpec(source=model)
     return load_tokenizer(fetch_source(model, field="--model"), spec=spec)
-
-
-def _write_termination_log(text: str) -> None:
-    chosen = os.environ.get(TERMINATION_LOG_ENV)
-    path = Path(chosen) if chosen else DEFAULT_TERMINATION_LOG
-    if not chosen and not path.exists():
-        return  # outside Kubernetes: no stray file in /dev
-    with contextlib.suppress(OSError):  # an unwritable log must not turn a valid dataset invalid
-        path.write_text(text)

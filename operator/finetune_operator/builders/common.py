@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from finetune_api.common import ResourcesSpec
+from finetune_api.pod import PVC_ROOT
 
 from ..settings import Settings
 
@@ -21,11 +22,7 @@ PART_OF: Final = "app.kubernetes.io/part-of"
 OWNER_KIND: Final = "finetune.dev/owner-kind"
 OWNER_NAME: Final = "finetune.dev/owner"
 QUEUE_LABEL: Final = "kueue.x-k8s.io/queue-name"
-PVC_ROOT: Final = "/mnt/pvc"
-CONFIG_DIR: Final = "/etc/finetune"
-CACHE_DIR: Final = "/var/cache/finetune"
 SECRETS_DIR: Final = "/var/run/secrets/finetune"
-METRICS_PORT: Final = 9400
 # A pod's hostname is "<job>-<index>" (a 63-character DNS label), so Job names leave room for it.
 MAX_CHILD_NAME: Final = 52
 

@@ -7,14 +7,20 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from finetune_api.common import OutputSpec, ResourcesSpec
-from finetune_api.pod import REFUSED_EXIT
+from finetune_api.pod import (
+    CACHE_DIR,
+    CACHE_DIR_ENV,
+    CONFIG_DIR,
+    METRICS_PORT,
+    METRICS_PORT_ENV,
+    PVC_ROOT,
+    PVC_ROOT_ENV,
+    REFUSED_EXIT,
+    S3_CREDENTIALS_DIR_ENV,
+)
 
 from ..settings import Settings
 from .common import (
-    CACHE_DIR,
-    CONFIG_DIR,
-    METRICS_PORT,
-    PVC_ROOT,
     PodParts,
     container_resources,
     plain_env,
@@ -67,14 +73,9 @@ class Workload:
 
 
 def output_parts(parts: PodParts, output: OutputSpec) -> None:
-    """Env for the output location: FINETUNE_OUTPUT_URI, the S3 endpoint/region and the keys by reference."""
-    parts.env += plain_env(
-        {
-            "FINETUNE_OUTPUT_URI": output.uri,
-            "AWS_ENDPOINT_URL_S3": output.endpoint,
-            "AWS_REGION": output.region,
-        }
-    )
+    """Env for the output location (its URI is in the pod's manifest): the S3 endpoint and region, and
+    the keys by reference."""
+    parts.env += plain_env({"AWS_ENDPOINT_URL_S3": output.endpoint, "AWS_REGION": output.region})
     if output.credentials_secret:
         secret = output.credentials_secret
         parts.env += [
@@ -82,7 +83,7 @@ def output_parts(parts: PodParts, output: OutputSpec) -> None:
             secret_env("AWS_SECRET_ACCESS_KEY", secret, "secretAccessKey"),
         ]
         folder = parts.add_secret_dir(secret, "output")
-        parts.env += plain_env({"FINETUNE_S3_CREDENTIALS_DIR": folder})
+        parts.env += plain_env({S3_CREDENTIALS_DIR_ENV: folder})
 
 
 def source_credentials(parts: PodParts, secret: str | None, mount_as: str) -> str | None:
@@ -99,10 +100,10 @@ def _container(work: Workload, settings: Settings) -> dict[str, Any]:
     env = plain_env(
         {
             "HOME": "/tmp",
-            "FINETUNE_CACHE_DIR": CACHE_DIR,
+            CACHE_DIR_ENV: CACHE_DIR,
             "HF_HOME": f"{CACHE_DIR}/hf",
-            "FINETUNE_PVC_ROOT": PVC_ROOT,
-            "FINETUNE_METRICS_PORT": str(METRICS_PORT),
+            PVC_ROOT_ENV: PVC_ROOT,
+            METRICS_PORT_ENV: str(METRICS_PORT),
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -7,16 +7,15 @@ from typing import Any, Final
 import yaml
 
 from finetune_api.common import ResourcesSpec
+from finetune_api.pod import CONFIG_DIR, DATASET_FILE, EXPORT_FILE, S3_CREDENTIALS_DIR_ENV
 from finetune_api.resources import Dataset, Export, FineTuneJob
 
 from ..settings import Settings
-from .common import CONFIG_DIR, Owner, PodParts, child_name, plain_env
+from .common import Owner, PodParts, child_name, plain_env
 from .pods import Workload, output_parts, pod_failure_policy, pod_template, source_credentials
 
 VALIDATOR: Final = "validator"
 EXPORTER: Final = "exporter"
-DATASET_FILE: Final = "dataset.yaml"
-EXPORT_FILE: Final = "export.yaml"
 VALIDATION_DEADLINE_S: Final = 3600
 # The result is copied into the Dataset status within seconds; the Job only stays for its logs.
 VALIDATION_TTL_S: Final = 3600
@@ -57,7 +56,7 @@ def build_validation(ds: Dataset, owner: Owner, settings: Settings) -> tuple[dic
     source_credentials(parts, ds.spec.credentials_secret, "dataset")
     if ds.spec.credentials_secret and ds.spec.source.startswith("s3://"):
         parts.env += plain_env(
-            {"FINETUNE_S3_CREDENTIALS_DIR": parts.add_secret_dir(ds.spec.credentials_secret, "dataset")}
+            {S3_CREDENTIALS_DIR_ENV: parts.add_secret_dir(ds.spec.credentials_secret, "dataset")}
         )
     parts.add_pvc(ds.spec.source)
     work = Workload(

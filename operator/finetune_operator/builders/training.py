@@ -7,14 +7,13 @@ from typing import Any, Final
 
 import yaml
 
-from finetune_api.pod import DATASET_CREDENTIALS_ENV
+from finetune_api.pod import CONFIG_DIR, DATASET_CREDENTIALS_ENV, JOB_FILE
 from finetune_api.resources import Dataset, FineTuneJob, resolved_document
 
 from ..settings import Settings
-from .common import CONFIG_DIR, QUEUE_LABEL, Owner, PodParts, child_name, plain_env
+from .common import QUEUE_LABEL, Owner, PodParts, child_name, plain_env
 from .pods import Workload, output_parts, pod_failure_policy, pod_template, source_credentials
 
-JOB_FILE: Final = "job.yaml"
 MASTER_PORT: Final = 29500
 TRAINER: Final = "trainer"
 
@@ -74,9 +73,6 @@ def trainer_command(job: FineTuneJob) -> list[str]:
 def _pod_parts(job: FineTuneJob, datasets: list[Dataset]) -> PodParts:
     spec = job.spec
     parts = PodParts()
-    parts.env += plain_env(
-        {"FINETUNE_JOB_NAME": job.metadata.name, "FINETUNE_NAMESPACE": job.metadata.namespace}
-    )
     if spec.output:
         output_parts(parts, spec.output)
     source_credentials(parts, spec.model.credentials_secret, "model")

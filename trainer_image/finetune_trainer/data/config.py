@@ -17,6 +17,7 @@ from datasets import Dataset, IterableDataset
 
 from finetune_api.finetunejob import MixStrategy
 from finetune_api.method import Stage
+from finetune_api.pod import CACHE_DIR_ENV
 
 FileType = Literal["auto", "json", "jsonl", "csv", "parquet", "arrow", "txt"]
 DataFormat = Literal["alpaca", "sharegpt", "openai", "text"]
@@ -145,7 +146,7 @@ class DatasetConfig:
 
 def default_cache_dir() -> Path:
     """``FINETUNE_CACHE_DIR`` or ``~/.cache/finetune-operator/data``."""
-    env = os.environ.get("FINETUNE_CACHE_DIR")
+    env = os.environ.get(CACHE_DIR_ENV)
     return Path(env) if env else Path.home() / ".cache" / "finetune-operator" / "data"
 
 

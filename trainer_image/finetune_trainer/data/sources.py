@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from finetune_api.pod import PVC_ROOT as DEFAULT_PVC_ROOT
+from finetune_api.pod import PVC_ROOT_ENV
 from finetune_api.uris import local_path
 
 from ..files import write_atomically
 
-PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".arrow", ".txt", ".jsonl.gz", ".json.gz")
 
 

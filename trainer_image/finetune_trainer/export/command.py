@@ -6,8 +6,6 @@ copies into the Export status); a failure writes its one-line reason there inste
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import shutil
@@ -19,7 +17,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..datacheck import DEFAULT_TERMINATION_LOG, TERMINATION_LOG_ENV, TERMINATION_MAX
+from finetune_api.pod import TERMINATION_MAX, fit_report, write_termination_message
+
 from ..storage import IncompleteArtifactError
 from .pipeline import pin_mmap_threshold, run_export
 from .plan import plan_export
@@ -30,24 +29,9 @@ log = logging.getLogger("finetune")
 EXPECTED_ERRORS = (ValueError, OSError, IncompleteArtifactError, ClientError, BotoCoreError)
 
 
-def fit_report(report: dict[str, Any], limit: int = TERMINATION_MAX) -> str:
+def fit_export_report(report: dict[str, Any], limit: int = TERMINATION_MAX) -> str:
     """The report's JSON within ``limit`` bytes: the file list goes first (the manifest has it all)."""
-    doc = dict(report)
-    for key in ("files", "verification"):
-        if len(json.dumps(doc).encode()) <= limit:
-            break
-        doc.pop(key, None)
-    return json.dumps(doc)
-
-
-def write_termination_message(text: str) -> None:
-    """Write the container's termination message; outside Kubernetes only when asked by the env var."""
-    chosen = os.environ.get(TERMINATION_LOG_ENV)
-    path = Path(chosen) if chosen else DEFAULT_TERMINATION_LOG
-    if not chosen and not path.exists():
-        return
-    with contextlib.suppress(OSError):
-        path.write_text(text[:TERMINATION_MAX])
+    return fit_report(report, drop=("files", "verification"), limit=limit)
 
 
 def export_from_files(files: Sequence[str]) -> int:
@@ -75,7 +59,7 @@ def export_from_files(files: Sequence[str]) -> int:
     report = result.report()
     log.info("export complete: %d files, %d bytes at %s; peak RSS %.1f MiB",
              len(report["files"]), report["sizeBytes"], report["uri"], report["peakRssBytes"] / 2**20)  # fmt: skip
-    text = fit_report(report)
+    text = fit_export_report(report)
     print(text)
     write_termination_message(text)
     return 0

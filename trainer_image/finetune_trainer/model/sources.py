@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from finetune_api.pod import PVC_ROOT as DEFAULT_PVC_ROOT
+from finetune_api.pod import PVC_ROOT_ENV
 from finetune_api.uris import local_path
 
 from ..files import new_staging_dir
 from .tiny import cache_root, tiny_model_path
 
-PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
 SourceKind = Literal["hf", "s3", "pvc", "file", "tiny"]
 _COMPLETE = ".download-complete"
 

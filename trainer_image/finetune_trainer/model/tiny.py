@@ -28,6 +28,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from finetune_api.pod import CACHE_DIR_ENV
 from finetune_api.tiny import TinySpec, parse_tiny_uri
 
 from ..files import new_staging_dir
@@ -35,7 +36,6 @@ from .corpus import corpus_lines
 
 # Bump when the corpus, tokenizer recipe or default shapes change: it is part of the cache key.
 TINY_VERSION = 2
-CACHE_DIR_ENV = "FINETUNE_CACHE_DIR"
 
 BOS, EOS, PAD = "<|begin_of_text|>", "<|endoftext|>", "<|pad|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"

@@ -11,13 +11,12 @@ from .metrics import (
 )
 from .rates import Observation, RateWindow, format_duration
 from .record import PROGRESS_KEY, ProgressRecord, TrainerPhase, rfc3339_utc
-from .reporter import TERMINATION_LOG_ENV, ProgressReporter
+from .reporter import ProgressReporter
 
 __all__ = [
     "DEFAULT_METRICS_PORT",
     "METRICS_PORT_ENV",
     "PROGRESS_KEY",
-    "TERMINATION_LOG_ENV",
     "MetricsServer",
     "Observation",
     "ProgressRecord",

@@ -9,8 +9,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
 
-METRICS_PORT_ENV = "FINETUNE_METRICS_PORT"
-DEFAULT_METRICS_PORT = 9400
+from finetune_api.pod import METRICS_PORT as DEFAULT_METRICS_PORT
+from finetune_api.pod import METRICS_PORT_ENV
 
 
 class TrainingMetrics:

@@ -4,7 +4,6 @@ the progress record and the bar's loss. It knows nothing of transformers; a Trai
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from finetune_api.evaluation import EvaluationStatus
+from finetune_api.pod import write_termination_message
 
 from ..storage import ObjectStore
 from .metrics import TrainingMetrics
@@ -25,9 +25,6 @@ from .record import MESSAGE_MAX, PROGRESS_KEY, ProgressRecord, TrainerPhase, rfc
 from .writer import LatestObjectWriter
 
 log = logging.getLogger(__name__)
-TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-TERMINATION_MAX = 4096  # the kubelet keeps at most this many bytes of a termination message
 FINAL_WRITE_TIMEOUT_S = 120.0
 
 
@@ -59,11 +56,7 @@ class ProgressReporter:
     ) -> None:
         self.metrics = metrics
         self.write_interval_s = write_interval_s
-        chosen = termination_log or os.environ.get(TERMINATION_LOG_ENV)
-        self.termination_log = Path(chosen or DEFAULT_TERMINATION_LOG)
-        # The kubelet creates /dev/termination-log in every container; outside Kubernetes (a root
-        # workstation run) the default must not leave a stray file in /dev.
-        self._create_termination_log = bool(chosen)
+        self.termination_log = termination_log  # None: the pod contract's (finetune_api.pod)
         self._writer = LatestObjectWriter(store, PROGRESS_KEY) if store is not None else None
         self._clock = clock
         self._wall_clock = wall_clock
@@ -236,16 +229,8 @@ class ProgressReporter:
         self._bar.set_postfix(postfix)  # drawn now: the bar shows the loss of the step just logged
 
     def _write_termination_log(self) -> None:
-        """The final record for the pod's status (``kubectl describe pod``); skipped when the path
-        is not writable, or is the default and absent (outside Kubernetes)."""
-        data = self.record.to_json().encode()[:TERMINATION_MAX]
-        if not self._create_termination_log and not self.termination_log.exists():
-            return
-        try:
-            with self.termination_log.open("wb") as fh:
-                fh.write(data)
-        except OSError as exc:
-            log.debug("termination log %s not written: %s", self.termination_log, exc)
+        """The final record for the pod's status (``kubectl describe pod``)."""
+        write_termination_message(self.record.to_json(), self.termination_log)
 
 
 def _percent(step: int, total: int | None) -> float | None:

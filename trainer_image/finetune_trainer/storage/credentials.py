@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from finetune_api.pod import S3_CREDENTIALS_DIR_ENV as CREDENTIALS_DIR_ENV
+
 # The operator mounts the output credentials secret here and names the directory in this variable.
-CREDENTIALS_DIR_ENV = "FINETUNE_S3_CREDENTIALS_DIR"
 DEFAULT_REGION = "us-east-1"
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from finetune_api.finetunejob import FineTuneJobSpec
+from finetune_api.pod import METRICS_PORT_ENV
 from finetune_api.resources import resolved_documents
 from finetune_api.uris import prepared_root
 
@@ -194,7 +195,7 @@ def open_workspace(
     if global_rank() != 0:
         return Workspace(name, spec, output_uri, store, work_dir, None, None, prepared, resume)
     metrics = TrainingMetrics()
-    if os.environ.get("FINETUNE_METRICS_PORT") != "0":
+    if os.environ.get(METRICS_PORT_ENV) != "0":
         try:
             start_metrics_server(metrics)
         except OSError as exc:  # a second local run on the same port: train anyway, without an endpoint
