@@ -81,18 +81,13 @@ def fit_report(
     return json.dumps(doc)
 
 
-def termination_log_path(env: Mapping[str, str] | None = None) -> tuple[Path, bool]:
-    """The termination log, and whether it was asked for (by ``TERMINATION_LOG_ENV``)."""
-    chosen = (os.environ if env is None else env).get(TERMINATION_LOG_ENV)
-    return (Path(chosen), True) if chosen else (DEFAULT_TERMINATION_LOG, False)
-
-
 def write_termination_message(text: str, path: Path | None = None) -> None:
     """Write the container's termination message, cut to ``TERMINATION_MAX`` bytes (on a character
     boundary). Outside Kubernetes (the default path absent and no path asked for) nothing is written;
     an unwritable log is skipped, never an error: the report also went to stdout."""
-    target, asked = (path, True) if path is not None else termination_log_path()
-    if not asked and not target.exists():
+    chosen = path or os.environ.get(TERMINATION_LOG_ENV)  # asked for: written even where nothing was
+    target = Path(chosen) if chosen else DEFAULT_TERMINATION_LOG
+    if not chosen and not target.exists():
         return
     data = text.encode()[:TERMINATION_MAX].decode(errors="ignore").encode()
     with contextlib.suppress(OSError), target.open("wb") as fh:

@@ -189,8 +189,9 @@ def validate_manifest(manifest: Mapping[str, Any], old: Mapping[str, Any] | None
         field, _, message = str(exc).partition(": ")
         return [FieldError(field, message)]
     errors: list[FieldError] = []
+    parsed: BaseModel | None = None
     try:
-        parse_strictly(info.model, manifest)
+        parsed = parse_strictly(info.model, manifest)
     except ValidationError as exc:
         errors += _pydantic_errors(exc, info.model)
     spec = manifest.get("spec")
@@ -200,8 +201,8 @@ def validate_manifest(manifest: Mapping[str, Any], old: Mapping[str, Any] | None
         for error in cel_errors(schema, apply_defaults(schema, spec), "spec", old_spec):
             if error not in errors:
                 errors.append(error)
-    if not errors:  # the cross-field rules read a spec that parses
-        errors += rule_errors(info.model.model_validate(manifest))
+    if parsed is not None and not errors:  # the cross-field rules read a spec that parses and passes CEL
+        errors += rule_errors(parsed)
     return errors
 
 
