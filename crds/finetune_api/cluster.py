@@ -15,15 +15,13 @@ from .dataset import DatasetSpec
 from .errors import FieldError
 from .export import ExportSpec
 from .finetunejob import FineTuneJobSpec, dataset_paths
-
-LOCAL_PREFIX = "file://"
-CLUSTER_OUTPUT_SCHEMES = ("s3://",)
+from .uris import Scheme, scheme_of
 
 
 def _output_errors(output: OutputSpec | None, path: str) -> list[FieldError]:
     if output is None:
         return [FieldError(path, "required on a cluster (an s3:// location for checkpoints and the adapter)")]
-    if not output.uri.startswith(CLUSTER_OUTPUT_SCHEMES):
+    if scheme_of(output.uri) is not Scheme.S3:
         return [
             FieldError(
                 f"{path}.uri",
@@ -35,7 +33,7 @@ def _output_errors(output: OutputSpec | None, path: str) -> list[FieldError]:
 
 def _reachable(uri: str | None, path: str) -> list[FieldError]:
     """A URI a pod reads: never file:// (the workstation's files are not in the pod)."""
-    if uri is None or not uri.startswith(LOCAL_PREFIX):
+    if uri is None or scheme_of(uri) is not Scheme.FILE:
         return []
     return [
         FieldError(path, f"{uri!r}: file:// is for local runs; a pod reaches hf://, s3://, pvc:// or tiny://")
@@ -62,7 +60,7 @@ def job_cluster_errors(spec: FineTuneJobSpec, datasets: Mapping[str, DatasetSpec
         errors += _reachable(method.grpo.reward_model, "spec.method.grpo.rewardModel")
     for path, name in dataset_paths(spec):  # training and evaluation data alike
         ds = datasets.get(name)
-        if ds is not None and ds.source.startswith(LOCAL_PREFIX):
+        if ds is not None and scheme_of(ds.source) is Scheme.FILE:
             errors.append(
                 FieldError(
                     path,

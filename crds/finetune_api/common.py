@@ -13,6 +13,8 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from .uris import STORAGE_SCHEMES
+
 GROUP: Final = "finetune.dev"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = "finetune.dev/v1alpha1"
@@ -126,7 +128,7 @@ class OutputSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=rules(
             cel(
-                "self.uri.matches('^(s3|file)://.+')",
+                "self.uri.matches('^(" + "|".join(STORAGE_SCHEMES) + ")://.+')",
                 "uri must be s3://bucket/prefix or file://path",
                 ".uri",
             )

@@ -8,8 +8,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, StringConstraints
 
 from .common import ApiModel, ConditionedStatus, K8sName, ShortText, Uri, cel, rules
-
-DATASET_SCHEMES = ("s3", "hf", "https", "http", "pvc", "file")
+from .uris import DATASET_SCHEMES
 
 
 class DatasetFormat(StrEnum):

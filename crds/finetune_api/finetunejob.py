@@ -20,8 +20,7 @@ from .common import (
 )
 from .evaluation import EVALUATION_SPEC_RULES, EvaluationSpec, EvaluationStatus
 from .method import MethodSpec
-
-MODEL_SCHEMES = ("hf", "s3", "pvc", "file", "tiny")
+from .uris import ADAPTER_SCHEMES, MODEL_SCHEMES
 
 
 class QuantizationSpec(ApiModel):
@@ -68,7 +67,7 @@ class ModelSpec(ApiModel):
                 ".source",
             ),
             cel(
-                "!has(self.adapter) || self.adapter.matches('^(hf|s3|pvc|file)://.+')",
+                "!has(self.adapter) || self.adapter.matches('^(" + "|".join(ADAPTER_SCHEMES) + ")://.+')",
                 "adapter must be an hf://, s3://, pvc:// or file:// URI",
                 ".adapter",
             ),

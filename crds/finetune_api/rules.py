@@ -24,6 +24,7 @@ from .export import ExportSpec
 from .finetunejob import FineTuneJobSpec
 from .method import Finetuning, Stage
 from .tiny import parse_tiny_uri
+from .uris import Scheme, scheme_of
 
 ZERO3: tuple[str, ...] = ("zero3", "zero3_offload")
 """DeepSpeed stages that shard the parameters themselves."""
@@ -33,7 +34,7 @@ PPO_OPTIMIZER = "adamw_torch"
 
 
 def _tiny_source(uri: str | None, field: str) -> list[FieldError]:
-    if uri is None or not uri.startswith("tiny://"):
+    if uri is None or scheme_of(uri) is not Scheme.TINY:
         return []
     try:
         parse_tiny_uri(uri, field=field)

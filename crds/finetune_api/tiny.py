@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Literal, cast
 from urllib.parse import parse_qsl, urlsplit
 
+from .uris import Scheme, scheme_of
+
 TinyArch = Literal["llama", "qwen2"]
 TINY_ARCHS: tuple[TinyArch, ...] = ("llama", "qwen2")
 
@@ -45,7 +47,7 @@ def parse_tiny_uri(uri: str, *, field: str = "spec.model.source") -> TinySpec:
             message names ``field``.
     """
     parts = urlsplit(uri)
-    if parts.scheme != "tiny" or parts.netloc not in TINY_ARCHS or parts.path not in ("", "/"):
+    if scheme_of(uri) is not Scheme.TINY or parts.netloc not in TINY_ARCHS or parts.path not in ("", "/"):
         raise ValueError(f"{field}: {uri!r} is not tiny://<arch> with arch one of {', '.join(TINY_ARCHS)}")
     known = {f.name for f in dataclasses.fields(TinySpec)} - {"arch"}
     options: dict[str, int] = {}

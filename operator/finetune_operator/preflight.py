@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from finetune_api.finetunejob import FineTuneJobSpec, Precision
 from finetune_api.method import PAIRWISE_STAGES, Finetuning, Stage
 from finetune_api.tiny import parse_tiny_uri
+from finetune_api.uris import Scheme, scheme_of
 
 GIB = 1024**3
 # Fixed per-process cost: CUDA context, NCCL buffers, allocator fragmentation.
@@ -79,7 +80,7 @@ def _tiny_shape(uri: str) -> ModelShape:
 
 def model_shape(source: str) -> ModelShape | None:
     """The shape of ``source``'s model, or None when nothing says how big it is (then no preflight)."""
-    if source.startswith("tiny://"):
+    if scheme_of(source) is Scheme.TINY:
         return _tiny_shape(source)
     match = SIZE_IN_NAME.search(source.rsplit("/", 1)[-1])
     if not match:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from functools import lru_cache
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import urllib3
 from botocore.auth import S3SigV4Auth
@@ -22,6 +22,7 @@ from botocore.session import get_session
 
 from finetune_api.common import OutputSpec
 from finetune_api.progress import PROGRESS_KEY
+from finetune_api.uris import Scheme, parse_uri, scheme_of
 
 from . import metrics
 from .status.finetunejob import ProgressRead
@@ -39,11 +40,13 @@ _POOL = urllib3.PoolManager(maxsize=4, ca_certs=get_cert_path(True))  # botocore
 
 def progress_location(uri: str) -> tuple[str, str] | None:
     """(bucket, key) of the progress record under an ``s3://bucket/prefix`` URI; None for other schemes."""
-    parts = urlsplit(uri)
-    if parts.scheme != "s3" or not parts.netloc:
+    if scheme_of(uri) is not Scheme.S3:
         return None
-    prefix = parts.path.strip("/")
-    return parts.netloc, f"{prefix}/{PROGRESS_KEY}" if prefix else PROGRESS_KEY
+    try:
+        output = parse_uri(uri)
+    except ValueError:  # no bucket, or '..' in the key: the trainer cannot write there either
+        return None
+    return output.bucket, output.join(PROGRESS_KEY).path
 
 
 def object_url(endpoint: str | None, region: str, bucket: str, key: str) -> str:

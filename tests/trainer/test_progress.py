@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from finetune_api.finetunejob import TrainingProgress
+from finetune_api.uris import StorageURI
 from finetune_trainer.progress import (
     DEFAULT_METRICS_PORT,
     PROGRESS_KEY,
@@ -30,7 +31,7 @@ from finetune_trainer.progress import (
     start_metrics_server,
 )
 from finetune_trainer.progress.writer import LatestObjectWriter
-from finetune_trainer.storage import LocalStore, ObjectStore, S3Settings, StorageURI, open_store, read_json
+from finetune_trainer.storage import LocalStore, ObjectStore, S3Settings, open_store, read_json
 from tests.fixtures.prometheus import Prometheus
 from tests.fixtures.s3 import S3Server
 

@@ -21,7 +21,6 @@ from finetune_trainer.storage import (
     ObjectStore,
     S3Settings,
     S3Store,
-    StorageURI,
     UploadError,
     build_manifest,
     download_with_manifest,
@@ -30,7 +29,6 @@ from finetune_trainer.storage import (
     load_s3_settings,
     make_s3_client,
     open_store,
-    parse_uri,
     prune_checkpoints,
     read_json,
     read_text,
@@ -49,50 +47,6 @@ SMALL_PARTS = TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 
 
 
 # ---- pure helpers ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("uri", "expected"),
-    [
-        ("s3://bucket", StorageURI("s3", "bucket", "")),
-        ("s3://bucket/", StorageURI("s3", "bucket", "")),
-        ("s3://bucket/runs/job-1/", StorageURI("s3", "bucket", "runs/job-1")),
-        ("file:///tmp/out", StorageURI("file", "", "/tmp/out")),
-        ("file://localhost/tmp/out", StorageURI("file", "", "/tmp/out")),
-        ("/tmp/out/../out2", StorageURI("file", "", "/tmp/out2")),
-    ],
-)
-def test_parse_uri(uri: str, expected: StorageURI) -> None:
-    assert parse_uri(uri) == expected
-
-
-def test_parse_relative_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    assert parse_uri("out/run") == StorageURI("file", "", str(tmp_path / "out" / "run"))
-
-
-@pytest.mark.parametrize(
-    ("uri", "needle"),
-    [
-        ("", "must not be empty"),
-        ("s3:///prefix", "no bucket"),
-        ("gs://bucket/x", "unsupported scheme 'gs'"),
-        ("s3://bucket/a/../b", "'..'"),
-    ],
-)
-def test_parse_uri_errors_name_the_field(uri: str, needle: str) -> None:
-    with pytest.raises(ValueError, match=r"output\.uri") as info:
-        parse_uri(uri, field="output.uri")
-    assert needle in str(info.value)
-
-
-def test_join_and_str_round_trip() -> None:
-    base = parse_uri("s3://bucket/runs")
-    assert str(base.join("checkpoint-5", "model.bin")) == "s3://bucket/runs/checkpoint-5/model.bin"
-    assert str(parse_uri("s3://bucket").join("a/")) == "s3://bucket/a"
-    assert parse_uri(str(base.join("x"))) == base.join("x")
-    with pytest.raises(ValueError):
-        base.join("../escape")
 
 
 def _make_artifact(root: Path, *, big: bool = False) -> dict[str, bytes]:

@@ -279,3 +279,30 @@ def test_every_finetune_variable_a_pod_gets_is_one_the_trainer_reads() -> None:
     # These two are read by the contract's own helpers, which the trainer calls
     # (pod.dataset_credentials_dirs, pod.write_termination_message).
     assert unread <= {"DATASET_CREDENTIALS_ENV", "TERMINATION_LOG_ENV"}, unread
+
+
+def test_each_pvc_claim_the_pod_reads_is_mounted_once_read_only() -> None:
+    job = make_job(model={"source": "pvc://weights/llama/8b"})
+    datasets = [
+        make_dataset(source="pvc://weights/sets/qa.jsonl"),
+        make_dataset("more", source="pvc://data/x"),
+    ]
+    trainer = build_trainer_job(job, datasets, OWNER, SETTINGS)
+    claims = [v for v in trainer["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert sorted(v["persistentVolumeClaim"]["claimName"] for v in claims) == ["data", "weights"]
+    assert all(v["persistentVolumeClaim"]["readOnly"] for v in claims)
+    mounts = {m["name"]: m for m in container(trainer)["volumeMounts"]}
+    for volume in claims:
+        mount = mounts[volume["name"]]
+        assert mount["mountPath"] == f"{pod.PVC_ROOT}/{volume['persistentVolumeClaim']['claimName']}"
+        assert mount["readOnly"] is True
+
+
+def test_only_an_s3_dataset_gets_its_secret_as_s3_credentials() -> None:
+    ds = make_dataset(source="pvc://data/x.jsonl", credentialsSecret="keys")
+    _, job = build_validation(ds, Owner("Dataset", "chats", "team", "uid-2"), SETTINGS)
+    assert "FINETUNE_S3_CREDENTIALS_DIR" not in env_of(job)
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    assert [v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v] == [
+        "data"
+    ]

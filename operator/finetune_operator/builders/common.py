@@ -12,6 +12,7 @@ from typing import Any, Final
 
 from finetune_api.common import ResourcesSpec
 from finetune_api.pod import PVC_ROOT
+from finetune_api.uris import pvc_claim
 
 from ..settings import Settings
 
@@ -127,9 +128,9 @@ class PodParts:
 
     def add_pvc(self, uri: str) -> None:
         """Mount the claim of a ``pvc://claim/path`` URI read-only under /mnt/pvc/<claim>."""
-        if not uri.startswith("pvc://"):
+        claim = pvc_claim(uri)
+        if claim is None:
             return
-        claim = uri.removeprefix("pvc://").split("/", 1)[0]
         volume = child_name("pvc", claim, 63)
         if any(v["name"] == volume for v in self.volumes):
             return

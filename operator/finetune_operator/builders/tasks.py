@@ -9,6 +9,7 @@ import yaml
 from finetune_api.common import ResourcesSpec
 from finetune_api.pod import CONFIG_DIR, DATASET_FILE, EXPORT_FILE, S3_CREDENTIALS_DIR_ENV
 from finetune_api.resources import Dataset, Export, FineTuneJob
+from finetune_api.uris import Scheme, scheme_of
 
 from ..settings import Settings
 from .common import Owner, PodParts, child_name, plain_env
@@ -54,7 +55,7 @@ def build_validation(ds: Dataset, owner: Owner, settings: Settings) -> tuple[dic
     parts = PodParts()
     parts.env += plain_env({"AWS_ENDPOINT_URL_S3": ds.spec.endpoint})
     source_credentials(parts, ds.spec.credentials_secret, "dataset")
-    if ds.spec.credentials_secret and ds.spec.source.startswith("s3://"):
+    if ds.spec.credentials_secret and scheme_of(ds.spec.source) is Scheme.S3:
         parts.env += plain_env(
             {S3_CREDENTIALS_DIR_ENV: parts.add_secret_dir(ds.spec.credentials_secret, "dataset")}
         )

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from finetune_api.pod import PVC_ROOT as DEFAULT_PVC_ROOT
 from finetune_api.pod import PVC_ROOT_ENV
-from finetune_api.uris import local_path
+from finetune_api.uris import DATASET_SCHEMES, Scheme, parse_location
 
 from ..files import write_atomically
 
@@ -37,30 +37,23 @@ def resolve_source(
     """Turn a Dataset's ``source`` URI into local files (downloading remote ones) or a hub name.
 
     Raises:
-        ValueError: unsupported scheme, or no data files at the location.
+        ValueError: a malformed URI or an unsupported scheme, or no data files at the location.
     """
-    parts = urlsplit(source)
-    scheme = parts.scheme
-    if scheme == "hf":
-        return ResolvedSource(hub_name=(parts.netloc + parts.path).strip("/"))
-    if scheme in ("http", "https"):
+    location = parse_location(source, field="source", schemes=DATASET_SCHEMES)
+    if location.scheme is Scheme.HF:
+        return ResolvedSource(hub_name=location.hub_id)
+    if location.scheme in (Scheme.HTTP, Scheme.HTTPS):
         return ResolvedSource(files=(download_https(source, cache_dir=cache_dir),))
-    if scheme == "s3":
+    if location.scheme is Scheme.S3:
         return ResolvedSource(
             files=download_s3(
                 source, cache_dir=cache_dir, endpoint=s3_endpoint, credentials_dir=credentials_dir
             )
         )
-    if scheme == "pvc":
+    if location.scheme is Scheme.PVC:
         root = Path(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT))
-        return ResolvedSource(
-            files=list_data_files(root / parts.netloc / unquote(parts.path).lstrip("/"), source)
-        )
-    if scheme == "file":
-        return ResolvedSource(files=list_data_files(local_path(source), source))
-    if scheme == "":
-        return ResolvedSource(files=list_data_files(Path(source).expanduser(), source))
-    raise ValueError(f"source: unsupported scheme {scheme!r} in {source!r} (use s3, https, hf, pvc or file)")
+        return ResolvedSource(files=list_data_files(root / location.claim / location.path, source))
+    return ResolvedSource(files=list_data_files(location.local_path, source))
 
 
 def list_data_files(path: Path, source: str) -> tuple[Path, ...]:

@@ -18,6 +18,7 @@ from finetune_api.export import ExportSpec
 from finetune_api.finetunejob import FineTuneJobSpec, TrainingSpec
 from finetune_api.method import LoraSpec
 from finetune_api.resources import Dataset, FineTuneJob
+from finetune_api.uris import hf_repo
 
 from .usage import usage_lines
 from .verify import LogitsCheck
@@ -102,11 +103,9 @@ def _front_matter(facts: CardFacts) -> str:
         tags.append(facts.training.method.stage.value)
     library = "peft" if facts.is_adapter else "transformers"
     meta: dict[str, Any] = {"library_name": library, "pipeline_tag": "text-generation", "tags": tags}
-    if facts.base.startswith("hf://"):
-        meta["base_model"] = facts.base.removeprefix("hf://")
-    hub_data = [
-        d.spec.source.removeprefix("hf://") for d in facts.datasets if d.spec.source.startswith("hf://")
-    ]
+    if (base := hf_repo(facts.base)) is not None:
+        meta["base_model"] = base
+    hub_data = [repo for d in facts.datasets if (repo := hf_repo(d.spec.source)) is not None]
     if hub_data:
         meta["datasets"] = hub_data
     return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n"

@@ -18,6 +18,8 @@ from typing import Any
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from finetune_api.uris import STORAGE_SCHEMES, Scheme, scheme_of
+
 from ..model.loader import cuda_available
 from ..storage import ObjectStore, S3Settings, load_s3_settings, open_store
 from ..storage.manifest import MANIFEST_NAME
@@ -70,7 +72,7 @@ class ExportResult:
 def output_store(plan: ExportPlan) -> ObjectStore:
     """The destination, with the spec's endpoint and region over the mounted secret / environment."""
     out = plan.output
-    if not out.uri.startswith("s3://"):
+    if scheme_of(out.uri) is not Scheme.S3:
         return open_store(out.uri)
     settings: S3Settings = load_s3_settings(endpoint_url=out.endpoint)
     return open_store(out.uri, settings=replace(settings, region=out.region) if out.region else settings)
@@ -78,7 +80,7 @@ def output_store(plan: ExportPlan) -> ObjectStore:
 
 def read_run_files(plan: ExportPlan) -> tuple[str | None, list[dict[str, Any]]]:
     """job.yaml and trainer_log.jsonl beside the adapter, for the model card; missing ones are None / []."""
-    if plan.run_uri is None or not plan.run_uri.startswith(("s3://", "file://")):
+    if plan.run_uri is None or scheme_of(plan.run_uri) not in STORAGE_SCHEMES:
         return None, []
     try:
         store = open_store(plan.run_uri)

@@ -18,7 +18,7 @@ from finetune_api.export import ExportSpec
 from finetune_api.finetunejob import FineTuneJobSpec, ModelSpec
 from finetune_api.manifests import load_documents
 from finetune_api.resources import Dataset, Export, FineTuneJob
-from finetune_api.uris import local_path
+from finetune_api.uris import is_local, local_path
 from finetune_api.validation import validate_documents
 
 _SIZE = re.compile(r"^([1-9][0-9]*)(KB|MB|GB)$")
@@ -137,7 +137,7 @@ def _job_beside(jobs: dict[str, FineTuneJob], adapter: str | None) -> FineTuneJo
 
 def same_location(a: str, b: str) -> bool:
     """Whether two URIs name the same place (``file://runs/x`` and ``file://./runs/x/`` do)."""
-    if a.startswith("file://") and b.startswith("file://"):
+    if is_local(a) and is_local(b):
         return local_path(a) == local_path(b)
     return a.rstrip("/") == b.rstrip("/")
 

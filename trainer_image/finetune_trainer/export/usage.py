@@ -12,25 +12,25 @@ from typing import Any
 import yaml
 
 from finetune_api.common import API_VERSION
-from finetune_api.uris import local_path
+from finetune_api.uris import Scheme, hf_repo, is_local, local_path, scheme_of
 
 from .plan import parent_uri
 
 
 def _folder_line(uri: str | None) -> str:
-    """``folder = "..."``: the local path of a file:// URI, else a placeholder naming the stored copy."""
-    if uri is not None and uri.startswith("file://"):
+    """``folder = "..."``: the local path of a file:// URI (or a plain path), else a placeholder naming the stored copy."""
+    if uri is not None and is_local(uri):
         return f"folder = {json.dumps(str(local_path(uri)))}"
     return f'folder = "path/to/a/local/copy"  # of {uri or "this folder"}'
 
 
 def _base_expression(base: str) -> tuple[list[str], str, str]:
     """(extra imports, the Python expression of the base's hub id or path, a comment) for ``base``."""
-    if base.startswith("hf://"):
-        return [], json.dumps(base.removeprefix("hf://").split("@")[0]), ""
-    if base.startswith("file://"):
+    if (repo := hf_repo(base)) is not None:
+        return [], json.dumps(repo), ""
+    if is_local(base):
         return [], json.dumps(str(local_path(base))), ""
-    if base.startswith("tiny://"):  # built on the fly and cached by the trainer package
+    if scheme_of(base) is Scheme.TINY:  # built on the fly and cached by the trainer package
         imports = ["from finetune_trainer.model.tiny import tiny_model_path"]
         return imports, f"tiny_model_path({json.dumps(base)})", ""
     return [], '"path/to/the/base"', f"a local copy of {base}"

@@ -9,57 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlsplit
 
 from finetune_api.pod import PVC_ROOT as DEFAULT_PVC_ROOT
 from finetune_api.pod import PVC_ROOT_ENV
-from finetune_api.uris import local_path
+from finetune_api.uris import MODEL_SCHEMES, Scheme, parse_location
 
 from ..files import new_staging_dir
 from .tiny import cache_root, tiny_model_path
 
-SourceKind = Literal["hf", "s3", "pvc", "file", "tiny"]
 _COMPLETE = ".download-complete"
-
-
-@dataclass(frozen=True)
-class Source:
-    """A parsed source URI: ``location`` is a hub id (hf), ``bucket/key`` (s3), a local path or the URI (tiny)."""
-
-    kind: SourceKind
-    location: str
-
-
-def parse_source(uri: str, *, field: str) -> Source:
-    """Parse a model or adapter URI; ``field`` (e.g. ``model.source``) names the spec field in errors.
-
-    Raises:
-        ValueError: unknown scheme, or a URI missing its org/name, bucket or claim.
-    """
-    parts = urlsplit(uri)
-    scheme = parts.scheme
-    rest = (parts.netloc + parts.path).strip("/")
-    if scheme == "" and uri:
-        return Source("file", str(Path(uri).expanduser().resolve()))
-    if scheme == "file":
-        return Source("file", str(local_path(uri)))
-    if scheme == "tiny":
-        return Source("tiny", uri)
-    if scheme == "hf":
-        if not rest or rest.count("/") > 1:
-            raise ValueError(f"{field}: {uri!r} must be hf://org/name")
-        return Source("hf", rest)
-    if scheme in ("s3", "pvc"):
-        if not parts.netloc:
-            what = "bucket" if scheme == "s3" else "claim"
-            raise ValueError(f"{field}: {uri!r} has no {what} (expected {scheme}://{what}/path)")
-        if ".." in rest.split("/"):
-            raise ValueError(f"{field}: {uri!r} must not contain '..'")
-        return Source("s3" if scheme == "s3" else "pvc", rest)
-    raise ValueError(f"{field}: unsupported scheme in {uri!r} (use hf://, s3://, pvc://, file:// or tiny://)")
 
 
 def pvc_root() -> Path:
@@ -71,18 +30,20 @@ def fetch_source(uri: str, *, field: str) -> str:
     """Make ``uri`` readable by ``from_pretrained``: a local folder path, or a hub id for hf://.
 
     Raises:
-        ValueError: the URI is malformed, or the local/PVC folder does not exist.
+        ValueError: the URI is malformed (``field``, e.g. ``model.source``, names the spec field), or the
+            local/PVC folder does not exist.
     """
-    source = parse_source(uri, field=field)
-    if source.kind == "hf":
-        return source.location
-    if source.kind == "tiny":
+    source = parse_location(uri, field=field, schemes=MODEL_SCHEMES)
+    if source.scheme is Scheme.HF:
+        return source.hub_id
+    if source.scheme is Scheme.TINY:
         return str(tiny_model_path(uri))
-    if source.kind == "s3":
-        return str(download_s3_folder(uri, cache_root() / "s3" / source.location, field=field))
-    path = pvc_root() / source.location if source.kind == "pvc" else Path(source.location)
+    if source.scheme is Scheme.S3:
+        return str(download_s3_folder(uri, cache_root() / "s3" / source.bucket / source.key, field=field))
+    pvc = source.scheme is Scheme.PVC
+    path = pvc_root() / source.claim / source.path if pvc else source.local_path
     if not path.exists():
-        hint = f" (is the claim mounted under {pvc_root()}?)" if source.kind == "pvc" else ""
+        hint = f" (is the claim mounted under {pvc_root()}?)" if pvc else ""
         raise ValueError(f"{field}: {uri!r} resolves to {path}, which does not exist{hint}")
     return str(path)
 

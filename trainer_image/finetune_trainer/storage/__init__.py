@@ -26,7 +26,6 @@ from .credentials import CREDENTIALS_DIR_ENV, S3Settings, load_s3_settings
 from .manifest import MANIFEST_NAME, Manifest, ManifestEntry, build_manifest
 from .stores import LocalStore, ObjectStore, S3Store, make_s3_client, open_store
 from .uploader import BackgroundUploader, UploadError
-from .uri import StorageURI, parse_uri
 
 __all__ = [
     "CREDENTIALS_DIR_ENV",
@@ -40,7 +39,6 @@ __all__ = [
     "ObjectStore",
     "S3Settings",
     "S3Store",
-    "StorageURI",
     "UploadError",
     "build_manifest",
     "download_with_manifest",
@@ -50,7 +48,6 @@ __all__ = [
     "load_s3_settings",
     "make_s3_client",
     "open_store",
-    "parse_uri",
     "prune_checkpoints",
     "read_json",
     "read_manifest",

@@ -18,10 +18,11 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from finetune_api.uris import StorageURI, parse_uri
+
 from ..files import write_atomically
 from .credentials import S3Settings, load_s3_settings
 from .manifest import sha256_file, sha256_stream
-from .uri import StorageURI, parse_uri
 
 MiB = 1024 * 1024
 # 16 MiB parts with 8 threads keep a 10 GbE link busy without holding much memory per file.

@@ -16,7 +16,7 @@ import yaml
 from finetune_api.finetunejob import FineTuneJobSpec
 from finetune_api.pod import METRICS_PORT_ENV
 from finetune_api.resources import resolved_documents
-from finetune_api.uris import prepared_root
+from finetune_api.uris import Scheme, prepared_root, scheme_of
 
 from ..export.card import write_run_card
 from ..progress import ProgressReporter, TrainingMetrics, start_metrics_server
@@ -173,7 +173,7 @@ class Workspace:
 def output_store(spec: FineTuneJobSpec, uri: str) -> ObjectStore:
     """A location in the run's output store (the output itself, or the prepared data beside it), with the
     spec's S3 settings."""
-    return open_store(uri, settings=output_settings(spec) if uri.startswith("s3://") else None)
+    return open_store(uri, settings=output_settings(spec) if scheme_of(uri) is Scheme.S3 else None)
 
 
 def open_workspace(
