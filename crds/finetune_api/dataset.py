@@ -146,13 +146,9 @@ class TokenStats(ApiModel):
     """Samples longer than the cutoff they were measured against."""
 
 
-class DatasetStatus(ConditionedStatus):
-    """Observed state of a Dataset."""
+class DatasetFindings(ApiModel):
+    """What validating a Dataset's source found (its validation Job's report carries the same)."""
 
-    phase: DatasetPhase | None = None
-    """Pending, Validating, Ready or Invalid."""
-    reason: ShortText | None = None
-    """Why the Dataset is Invalid, e.g. InvalidRows (the Validated condition has the details)."""
     samples: int | None = Field(default=None, ge=0)
     """Valid samples found."""
     invalid_samples: int | None = Field(default=None, ge=0)
@@ -165,3 +161,12 @@ class DatasetStatus(ConditionedStatus):
     """The first samples, formatted with the chat template."""
     errors: list[RowError] = Field(default_factory=list, max_length=20)
     """The first malformed rows."""
+
+
+class DatasetStatus(DatasetFindings, ConditionedStatus):
+    """Observed state of a Dataset."""
+
+    phase: DatasetPhase | None = None
+    """Pending, Validating, Ready or Invalid."""
+    reason: ShortText | None = None
+    """Why the Dataset is Invalid, e.g. InvalidRows (the Validated condition has the details)."""

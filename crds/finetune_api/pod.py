@@ -3,6 +3,12 @@
 Paths, ports and variable names both sides use, the exit code that means "refused", and the one
 writer of the termination message (the report a finished pod hands back, which the kubelet keeps
 to 4 KiB). The operator's builders set these; the trainer reads them; neither spells them itself.
+
+What a termination message holds is typed in :mod:`finetune_api.reports`: a Dataset validation
+Job's ``DatasetReport``, an export Job's ``ExportReport`` and a training pod's ``ProgressRecord``
+(or, from a pod that failed before it had one, a plain line). The trainer renders them within
+``TERMINATION_MAX`` with :func:`fit_report` (each model says what gives way) and the operator parses
+them with the same models.
 """
 
 from __future__ import annotations

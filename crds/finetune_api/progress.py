@@ -4,7 +4,8 @@ A training pod cannot write to the Kubernetes API, so the operator reads this ob
 output credentials and copies its progress fields into ``FineTuneJob.status.progress``. The
 record is ``TrainingProgress`` (the status model itself, so the two can never drift) plus the
 trainer's own phase, a message and the newest complete checkpoint. Both sides parse it with this
-one model.
+one model. The training pod's termination message is this record too (the operator reads it with
+:meth:`~finetune_api.reports.TerminationReport.from_message`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from pydantic import ConfigDict, Field
 
 from .evaluation import EvaluationStatus
 from .finetunejob import TrainingProgress
+from .reports import MESSAGE_MAX, TerminationReport
 
 PROGRESS_KEY = "progress.json"
-MESSAGE_MAX = 1024
 TrainerPhase = Literal["Running", "Succeeded", "Failed"]
 
 
-class ProgressRecord(TrainingProgress):
+class ProgressRecord(TrainingProgress, TerminationReport):
     """``status.progress`` plus the trainer's phase, message and last checkpoint (camelCase JSON)."""
 
     # A newer trainer may add fields; an older operator still reads the ones it knows.

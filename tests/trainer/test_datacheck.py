@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from finetune_api.reports import DatasetReport
 from finetune_trainer.cli import main
-from finetune_trainer.datacheck import fit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +22,7 @@ def test_fit_drops_previews_then_errors_to_stay_under_the_limit() -> None:
         "preview": ["x" * 3000, "y" * 3000],
         "errors": [{"row": i, "field": "f", "message": "m" * 100} for i in range(20)],
     }
-    text = fit(doc, limit=1500)
+    text = DatasetReport.model_validate(doc).to_message(limit=1500)
     assert len(text.encode()) <= 1500
     parsed = json.loads(text)
     assert parsed["preview"] == [] and parsed["phase"] == "Invalid" and parsed["errors"]

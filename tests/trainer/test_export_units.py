@@ -15,6 +15,7 @@ import yaml
 
 from finetune_api.export import ExportQuantizationSpec, ExportSpec
 from finetune_api.finetunejob import FineTuneJobSpec
+from finetune_api.reports import ExportReport
 from finetune_api.resources import Dataset
 from finetune_trainer.export.card import (
     CHATML_TEMPLATE,
@@ -24,7 +25,6 @@ from finetune_trainer.export.card import (
     ollama_template,
     run_metrics,
 )
-from finetune_trainer.export.command import fit_export_report
 from finetune_trainer.export.plan import parent_uri, parse_size, plan_export, same_location
 from finetune_trainer.export.quantize import check_quantization
 from finetune_trainer.export.verify import compare_logits, rtol_for
@@ -114,7 +114,7 @@ def test_logits_check_rule_and_tolerance() -> None:
     assert check.tolerance == pytest.approx(4e-4) and check.passed and check.top1_agreement == 1.0
     assert (
         check.adapter_effect == 4.0
-        and check.to_report()["rule"] == "max|exported-adapter| <= 0.0001 * max|adapter logits|"
+        and check.to_report().rule == "max|exported-adapter| <= 0.0001 * max|adapter logits|"
     )
     assert not compare_logits(ref, [ref[0] + 5e-4], rtol=1e-4).passed
     assert not compare_logits(ref, [ref[0] * float("nan")], rtol=1e-4).passed
@@ -212,13 +212,13 @@ def test_fit_report_drops_the_file_list_first() -> None:
         {"path": f"model-{i:05d}-of-00100.safetensors", "size": 1, "sha256": "f" * 64} for i in range(100)
     ]
     report = {"uri": "s3://b/m", "files": files, "sizeBytes": 100, "manifest": "s3://b/m/manifest.json",
-              "verification": {"passed": True}}  # fmt: skip
-    text = fit_export_report(report)
+              "verification": {"passed": True, "rule": "adapter copied as is"}}  # fmt: skip
+    text = ExportReport.model_validate(report).to_message()
     assert len(text.encode()) <= 4096 and json.loads(text) == {
         k: v for k, v in report.items() if k != "files"
     }
     small = {**report, "files": files[:2]}
-    assert json.loads(fit_export_report(small)) == small
+    assert json.loads(ExportReport.model_validate(small).to_message()) == small
 
 
 def test_export_peak_rss_is_the_process_own_not_its_parents() -> None:

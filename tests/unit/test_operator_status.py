@@ -22,7 +22,7 @@ from finetune_operator.status.finetunejob import (
     dataset_gate,
     job_verdict,
 )
-from finetune_operator.status.observe import PodRead, observe_job, pod_read, stale_peers
+from finetune_operator.status.observe import JobObservation, PodRead, observe_job, pod_read, stale_peers
 from finetune_operator.status.tasks import dataset_status, export_gate, export_status, export_verdict
 
 NOW = "2030-01-01T00:00:00Z"
@@ -292,6 +292,37 @@ def test_dataset_status_from_the_validation_report() -> None:
     status, verdict = dataset_status(None, None, generation=2, now=NOW, refusal=refusal)
     assert (status.phase, verdict) == (DatasetPhase.INVALID, refusal)
     assert status.conditions[0].reason == r.INVALID_SPEC and status.observed_generation == 2
+
+
+def test_a_validation_report_that_does_not_read_makes_the_dataset_invalid() -> None:
+    def ended(condition: str, message: str) -> JobObservation:
+        exit_code = 0 if condition == "Complete" else 1
+        reason = {} if condition == "Complete" else {"reason": "BackoffLimitExceeded"}
+        phase = "Succeeded" if condition == "Complete" else "Failed"
+        return observe_job(
+            k8s_job([{"type": condition, **reason}]),
+            [pod(phase, {"exitCode": exit_code, "message": message})],
+        )
+
+    earlier, _ = dataset_status(None, ended("Complete", json.dumps({"samples": 9})), generation=2, now=NOW)
+    garbled = json.dumps({"phase": "Ready", "samples": -1})
+    status, verdict = dataset_status(earlier, ended("Complete", garbled), generation=2, now=NOW)
+    assert (status.phase, verdict.reason) == (DatasetPhase.INVALID, r.VALIDATION_FAILED)
+    assert verdict.message.startswith("unreadable validation report: ") and "samples" in verdict.message
+    assert status.samples is None  # what the earlier report said is gone with it
+    status, verdict = dataset_status(earlier, ended("Failed", garbled), generation=2, now=NOW)
+    assert (status.phase, verdict.message) == (DatasetPhase.INVALID, f"validation failed: {garbled}")
+
+
+def test_an_export_report_that_does_not_read_leaves_the_outputs_where_the_spec_says() -> None:
+    export = Export.model_validate({"metadata": {"name": "m"}, "spec": {"output": {"uri": "s3://b/m/"}}})
+    for message in (json.dumps({"uri": "", "sizeBytes": 10}), "export finished"):
+        obs = observe_job(
+            k8s_job([{"type": "Complete"}]), [pod("Succeeded", {"exitCode": 0, "message": message})]
+        )
+        status = export_status(export, None, export_verdict(obs), obs, generation=1, now=NOW)
+        assert status.outputs is not None and status.outputs.size_bytes is None and status.outputs.files == []
+        assert (status.outputs.uri, status.outputs.manifest) == ("s3://b/m", "s3://b/m/manifest.json")
 
 
 def test_export_waits_for_its_job_then_reports_outputs() -> None:

@@ -1,8 +1,9 @@
 """`finetune validate-data`: check a Dataset before any GPU is spent, for its status.
 
-Runs in the operator's short validation Job (and locally). Each Dataset's report is DatasetStatus-shaped
-JSON, printed on stdout keyed by the Dataset's name; the report also goes into the container's
-termination message, which the operator copies into the status.
+Runs in the operator's short validation Job (and locally). Each Dataset's report is a
+``finetune_api.reports.DatasetReport`` (DatasetStatus-shaped JSON), printed on stdout keyed by the
+Dataset's name; the report also goes into the container's termination message, which the operator
+reads with the same model and copies into the status.
 """
 
 from __future__ import annotations
@@ -12,17 +13,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from finetune_api.dataset import DatasetPhase, DatasetStatus, RowError, TokenStats
+from finetune_api.dataset import DatasetPhase, RowError, TokenStats
 from finetune_api.manifests import load_documents
-from finetune_api.pod import TERMINATION_MAX, fit_report, write_termination_message
+from finetune_api.pod import write_termination_message
+from finetune_api.reports import MESSAGE_MAX, DatasetReport
 from finetune_api.resources import Dataset
 from finetune_api.validation import validate_documents
 
 
-def report_document(report: Any) -> dict[str, Any]:
-    """A data-worker DatasetReport as the DatasetStatus fields (plus a message) the operator reads."""
+def dataset_report(report: Any) -> DatasetReport:
+    """A data worker's findings as the report the operator reads (the DatasetStatus fields, the
+    verdict and the problem, if any)."""
     stats = report.token_stats
-    status = DatasetStatus(
+    return DatasetReport(
         phase=DatasetPhase.READY if report.valid else DatasetPhase.INVALID,
         samples=report.num_samples,
         invalid_samples=report.num_errors,
@@ -36,17 +39,8 @@ def report_document(report: Any) -> dict[str, Any]:
             RowError(row=max(e.row, 0), field=e.field[:256], message=e.message[:256])
             for e in report.errors[:20]
         ],
+        message=report.problem[:MESSAGE_MAX] if report.problem else None,
     )
-    document = status.to_wire()
-    document.pop("conditions", None)
-    if report.problem:
-        document["message"] = report.problem[:1024]
-    return document
-
-
-def fit(document: dict[str, Any], limit: int = TERMINATION_MAX) -> str:
-    """The JSON of ``document``, shortened to ``limit`` bytes by dropping previews, then errors."""
-    return fit_report(document, trim=("preview", "errors"), drop=("message",), limit=limit)
 
 
 def validate_data_from_files(
@@ -77,27 +71,26 @@ def validate_data_from_files(
     last = ""
     for ds in datasets:
         name = ds.metadata.name
-        report = validate_dataset(ds.spec, name=name, tokenizer=tokenizer, cutoff_len=cutoff_len)
-        last = fit(report_document(report))
+        found = validate_dataset(ds.spec, name=name, tokenizer=tokenizer, cutoff_len=cutoff_len)
+        report = dataset_report(found)
+        last = report.to_message()
         reports[name] = json.loads(last)
-        print(f"{name}: {summary(reports[name])}", file=sys.stderr)
-        failed |= not report.valid or (report.num_errors > 0 and not allow_invalid_rows)
+        print(f"{name}: {summary(report)}", file=sys.stderr)
+        failed |= not found.valid or (found.num_errors > 0 and not allow_invalid_rows)
     print(json.dumps(reports, indent=2))
     write_termination_message(last)  # one Dataset per validation Job: its status-shaped report
     return 1 if failed else 0
 
 
-def summary(document: dict[str, Any]) -> str:
+def summary(report: DatasetReport) -> str:
     """One line for people: the phase, the samples, and the first problem."""
-    if document.get("phase") == DatasetPhase.INVALID:
-        return f"Invalid: {document.get('message') or 'not usable'}"
-    line = f"Ready, {document.get('samples', 0)} samples"
-    bad, errors = document.get("invalidSamples", 0), document.get("errors") or []
-    if bad:
-        first = (
-            f" (first: row {errors[0]['row']} {errors[0]['field']}: {errors[0]['message']})" if errors else ""
-        )
-        line += f"; {bad} invalid row(s) left out{first}"
+    if report.phase == DatasetPhase.INVALID:
+        return f"Invalid: {report.message or 'not usable'}"
+    line = f"Ready, {report.samples or 0} samples"
+    if report.invalid_samples:
+        first = report.errors[0] if report.errors else None
+        where = f" (first: row {first.row} {first.field}: {first.message})" if first else ""
+        line += f"; {report.invalid_samples} invalid row(s) left out{where}"
     return line
 
 

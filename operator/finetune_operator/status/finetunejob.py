@@ -16,7 +16,7 @@ from finetune_api.validation import check_dataset_refs
 
 from . import reasons as r
 from .conditions import Verdict, set_conditions
-from .observe import JobObservation, parse_report
+from .observe import JobObservation
 
 TERMINAL = (Phase.SUCCEEDED, Phase.FAILED)
 
@@ -82,7 +82,8 @@ def _failure_verdict(spec: FineTuneJobSpec, obs: JobObservation) -> Verdict:
         )
     refused = next((f for f in reversed(obs.failures) if f.exit_code == REFUSED_EXIT), None)
     if refused is not None:  # the trainer's message names what differs and the ways out
-        said = (parse_report(refused.message) or {}).get("message")
+        record = final_record(refused.message)
+        said = record.message if record else None
         return Verdict(
             Phase.FAILED,
             r.OUTPUT_IN_USE,
@@ -208,6 +209,15 @@ def parse_record(record: Mapping[str, Any]) -> ProgressRecord | None:
         return None
 
 
+def final_record(message: str) -> ProgressRecord | None:
+    """The trainer's record from a training pod's termination message, or None (a plain line such
+    as an error, or an object that is no record)."""
+    try:
+        return ProgressRecord.from_message(message)
+    except ValueError:
+        return None
+
+
 def outputs_for(uri: str, phase: Phase) -> JobOutputs:
     """Where the trainer writes, under ``uri``; the adapter and loss plot once it succeeded."""
     base = uri.rstrip("/")
@@ -244,13 +254,13 @@ def build_job_status(
     status.conditions = set_conditions(status.conditions, desired, generation, now)
     if estimate_gib is not None:
         status.gpu_memory_estimate = f"{estimate_gib:.1f}Gi"
+    parsed = parse_record(record) if record else None
     if obs is not None:
         status.job_name = obs.name
         status.start_time = status.start_time or obs.start_time
         status.restarts = max(obs.failed - (1 if obs.failed_reason else 0), 0)
-        final = parse_report(obs.last_message()) if status.phase in TERMINAL else None
-        record = final or record
-    parsed = parse_record(record) if record else None
+        if status.phase in TERMINAL:  # the record the pod ended with is the newest
+            parsed = final_record(obs.last_message()) or parsed
     if parsed is not None:
         status.progress = parsed.progress().with_display()
         status.last_checkpoint = parsed.last_checkpoint or status.last_checkpoint

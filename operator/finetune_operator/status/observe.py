@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -201,15 +200,3 @@ def observe_job(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]], group
         successes=successes,
         stale_peers=stale_peers(job, pods, group),
     )
-
-
-def parse_report(message: str) -> dict[str, Any] | None:
-    """A JSON object from a termination message (the trainer's summary/report), or None."""
-    text = message.strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None

@@ -6,16 +6,15 @@ from typing import Final
 
 from pydantic import ValidationError
 
-from finetune_api.dataset import DatasetPhase, DatasetStatus
+from finetune_api.dataset import DatasetFindings, DatasetPhase, DatasetStatus
 from finetune_api.export import ExportOutputs, ExportPhase, ExportStatus
 from finetune_api.finetunejob import Phase
+from finetune_api.reports import DatasetReport, ExportReport
 from finetune_api.resources import Dataset, Export, FineTuneJob
 
 from . import reasons as r
 from .conditions import Verdict, set_conditions
-from .observe import JobObservation, parse_report
-
-REPORT_FIELDS = ("samples", "invalidSamples", "tokenStats", "preview", "errors")
+from .observe import JobObservation
 
 
 def dataset_status(
@@ -34,22 +33,22 @@ def dataset_status(
     status.observed_generation = generation
     verdict = refusal or Verdict(DatasetPhase.VALIDATING, r.VALIDATING, "validating the source")
     ended = refusal is None and obs is not None and (obs.complete or obs.failed_reason)
-    report = parse_report(obs.last_message()) if obs and ended else None
-    if report is not None:
+    report: DatasetReport | None = None
+    unreadable: Verdict | None = None
+    if obs is not None and ended:
         try:
-            parsed = DatasetStatus.model_validate({k: report[k] for k in REPORT_FIELDS if k in report})
+            report = DatasetReport.from_message(obs.last_message())
         except ValidationError as exc:
-            parsed, report = DatasetStatus(), None
-            verdict = Verdict(
+            unreadable = Verdict(
                 DatasetPhase.INVALID, r.VALIDATION_FAILED, f"unreadable validation report: {exc}"
             )
-        for name in ("samples", "invalid_samples", "token_stats", "preview", "errors"):
-            setattr(status, name, getattr(parsed, name))
+    if report is not None or unreadable is not None:
+        found = report or DatasetReport()  # an unreadable report clears what an older one said
+        for name in DatasetFindings.model_fields:
+            setattr(status, name, getattr(found, name))
     if report is not None:
-        invalid = report.get("phase") == DatasetPhase.INVALID or (
-            obs is not None and obs.failed_reason is not None
-        )
-        message = str(report.get("message") or "")
+        invalid = report.phase == DatasetPhase.INVALID or (obs is not None and obs.failed_reason is not None)
+        message = report.message or ""
         if invalid:
             first = status.errors[0] if status.errors else None
             detail = message or (f"row {first.row}: {first.message}" if first else "the source is not usable")
@@ -59,6 +58,8 @@ def dataset_status(
     elif refusal is None and obs is not None and obs.failed_reason:
         tail = obs.last_message() or obs.failed_message
         verdict = Verdict(DatasetPhase.INVALID, r.VALIDATION_FAILED, f"validation failed: {tail}"[:1024])
+    elif unreadable is not None:
+        verdict = unreadable
     status.phase = DatasetPhase(verdict.phase)
     status.reason = verdict.reason if status.phase == DatasetPhase.INVALID else None
     validated = {r.VALIDATED: (status.phase == DatasetPhase.READY, verdict.reason, verdict.message)}
@@ -155,12 +156,11 @@ def export_status(
         status.job_name = obs.name
         status.start_time = status.start_time or obs.start_time
     if status.phase == ExportPhase.SUCCEEDED and obs is not None:
-        report = parse_report(obs.last_message()) or {}
         base = export.spec.output.uri.rstrip("/")
-        fields = {k: report[k] for k in ("uri", "files", "sizeBytes", "manifest") if k in report}
         try:
-            outputs = ExportOutputs.model_validate(fields)
-        except ValidationError:
+            report = ExportReport.from_message(obs.last_message())
+            outputs = report.outputs() if report else ExportOutputs()
+        except ValidationError:  # a report that does not read: the outputs are where the spec says
             outputs = ExportOutputs()
         outputs.uri = outputs.uri or base
         outputs.manifest = outputs.manifest or f"{base}/manifest.json"

@@ -1,7 +1,8 @@
 """`finetune export`: the export pod's entry point, and the same thing on a workstation.
 
-The JSON report goes to stdout and to the container's termination message (which the operator
-copies into the Export status); a failure writes its one-line reason there instead.
+The JSON report (a ``finetune_api.reports.ExportReport``) goes to stdout and to the container's
+termination message (which the operator reads with the same model and copies into the Export
+status); a failure writes its one-line reason there instead.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from finetune_api.pod import TERMINATION_MAX, fit_report, write_termination_message
+from finetune_api.pod import write_termination_message
 
 from ..storage import IncompleteArtifactError
 from .pipeline import pin_mmap_threshold, run_export
@@ -27,11 +27,6 @@ log = logging.getLogger("finetune")
 # Expected failures: bad input, refused combinations, storage faults. Anything else is a bug and
 # keeps its traceback (its message still reaches the termination log).
 EXPECTED_ERRORS = (ValueError, OSError, IncompleteArtifactError, ClientError, BotoCoreError)
-
-
-def fit_export_report(report: dict[str, Any], limit: int = TERMINATION_MAX) -> str:
-    """The report's JSON within ``limit`` bytes: the file list goes first (the manifest has it all)."""
-    return fit_report(report, drop=("files", "verification"), limit=limit)
 
 
 def export_from_files(files: Sequence[str]) -> int:
@@ -58,8 +53,8 @@ def export_from_files(files: Sequence[str]) -> int:
             shutil.rmtree(root, ignore_errors=True)
     report = result.report()
     log.info("export complete: %d files, %d bytes at %s; peak RSS %.1f MiB",
-             len(report["files"]), report["sizeBytes"], report["uri"], report["peakRssBytes"] / 2**20)  # fmt: skip
-    text = fit_export_report(report)
+             len(report.files), report.size_bytes, report.uri, result.peak_rss_bytes / 2**20)  # fmt: skip
+    text = report.to_message()  # the file list goes first (the manifest has it all)
     print(text)
     write_termination_message(text)
     return 0

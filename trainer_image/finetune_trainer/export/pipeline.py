@@ -18,6 +18,8 @@ from typing import Any
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from finetune_api.export import ExportedFile
+from finetune_api.reports import ExportReport, ExportVerification
 from finetune_api.uris import STORAGE_SCHEMES, Scheme, scheme_of
 
 from ..model.loader import cuda_available
@@ -52,21 +54,21 @@ class ExportResult:
     check: LogitsCheck | None
     peak_rss_bytes: int
 
-    def report(self) -> dict[str, Any]:
-        """The JSON the operator copies into the Export status (plus the check and upload counts)."""
+    def report(self) -> ExportReport:
+        """What the operator copies into the Export status (plus the check and upload counts)."""
         manifest = self.upload.manifest
-        return {
-            "uri": self.uri,
-            "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in manifest.files],
-            "sizeBytes": manifest.total_size,
-            "manifest": f"{self.uri.rstrip('/')}/{MANIFEST_NAME}",
-            "verification": self.check.to_report()
+        return ExportReport(
+            uri=self.uri,
+            files=[ExportedFile(path=f.path, size=f.size, sha256=f.sha256) for f in manifest.files],
+            size_bytes=manifest.total_size,
+            manifest=f"{self.uri.rstrip('/')}/{MANIFEST_NAME}",
+            verification=self.check.to_report()
             if self.check
-            else {"passed": True, "rule": "adapter copied as is"},
-            "uploadedFiles": len(self.upload.uploaded),
-            "skippedFiles": len(self.upload.skipped),
-            "peakRssBytes": self.peak_rss_bytes,
-        }
+            else ExportVerification(passed=True, rule="adapter copied as is"),
+            uploaded_files=len(self.upload.uploaded),
+            skipped_files=len(self.upload.skipped),
+            peak_rss_bytes=self.peak_rss_bytes,
+        )
 
 
 def output_store(plan: ExportPlan) -> ObjectStore:

@@ -9,10 +9,11 @@ much more for a 8-bit or 4-bit quantization (then the check catches broken weigh
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from finetune_api.reports import ExportVerification
 
 # Fixed, varied probes: prose, code-ish text, digits, and a chat turn when the tokenizer has a template.
 PROBE_TEXTS = (
@@ -67,15 +68,15 @@ class LogitsCheck:
             )
         )
 
-    def to_report(self) -> dict[str, Any]:
-        return {
-            "passed": self.passed,
-            "maxAbsDiff": round(self.max_abs_diff, 6),
-            "tolerance": round(self.tolerance, 6),
-            "rule": f"max|exported-adapter| <= {self.rtol:g} * max|adapter logits|",
-            "top1Agreement": round(self.top1_agreement, 4),
-            **({"adapterEffect": round(self.adapter_effect, 6)} if self.adapter_effect is not None else {}),
-        }
+    def to_report(self) -> ExportVerification:
+        return ExportVerification(
+            passed=self.passed,
+            max_abs_diff=round(self.max_abs_diff, 6),
+            tolerance=round(self.tolerance, 6),
+            rule=f"max|exported-adapter| <= {self.rtol:g} * max|adapter logits|",
+            top1_agreement=round(self.top1_agreement, 4),
+            adapter_effect=round(self.adapter_effect, 6) if self.adapter_effect is not None else None,
+        )
 
 
 def probe_inputs(tokenizer: PreTrainedTokenizerBase) -> list[torch.Tensor]:
