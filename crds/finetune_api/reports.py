@@ -108,3 +108,20 @@ class ExportReport(ExportOutputs, TerminationReport):
     def outputs(self) -> ExportOutputs:
         """Only the fields of ``Export.status.outputs``."""
         return ExportOutputs.model_validate(self.model_dump(include=set(ExportOutputs.model_fields)))
+
+
+class ReportMessage(TerminationReport):
+    """Any report read for its human message alone (every report may carry one)."""
+
+    message: str | None = None
+
+
+def said(text: str) -> str:
+    """What a termination message says to people: the report's ``message`` when the pod wrote a
+    report that carries one, else the text itself; at most ``MESSAGE_MAX`` characters, from the end
+    (where an error's last line is)."""
+    try:
+        report = ReportMessage.from_message(text)
+    except ValueError:  # JSON, but its message is not a string
+        report = None
+    return ((report.message if report else None) or text.strip())[-MESSAGE_MAX:]

@@ -10,7 +10,7 @@ import pytest
 from finetune_api.dataset import DatasetPhase
 from finetune_api.export import ExportPhase
 from finetune_api.finetunejob import FineTuneJobSpec, Phase
-from finetune_api.pod import REFUSED_EXIT
+from finetune_api.pod import REFUSED_EXIT, TERMINATION_MAX
 from finetune_api.resources import Dataset, Export, FineTuneJob
 from finetune_operator import preflight as pf
 from finetune_operator.builders.pods import pod_failure_policy
@@ -382,3 +382,33 @@ def test_preflight_tiny_models_fit_and_unknown_sizes_are_skipped() -> None:
     assert pf.preflight(spec(model={"source": "s3://models/mine"}), 1.0).estimate_gib is None
     with pytest.raises(ValueError, match="tiny://"):
         pf.preflight(spec(model={"source": "tiny://llama?layers=x"}), None)
+
+
+def test_a_report_longer_than_a_message_still_reads() -> None:
+    """The kubelet keeps 4 KiB of termination message; a report is read whole, not its last KiB."""
+    preview = ["x" * 700, "y" * 700, "z" * 700]
+    report = {"phase": "Ready", "samples": 3, "invalidSamples": 0, "preview": preview}
+    message = json.dumps(report)
+    assert 2048 < len(message) <= TERMINATION_MAX
+    obs = observe_job(
+        k8s_job([{"type": "Complete"}]), [pod("Succeeded", {"exitCode": 0, "message": message})]
+    )
+    status, verdict = dataset_status(None, obs, generation=1, now=NOW)
+    assert (status.phase, verdict.reason, status.preview) == (DatasetPhase.READY, r.VALID, preview)
+
+
+def test_a_failed_trainer_is_quoted_by_its_records_message_not_its_json() -> None:
+    record = json.dumps({"phase": "Failed", "step": 3, "message": "ValueError: row 7 has no output"})
+    obs = observe_job(
+        k8s_job([{"type": "Failed", "reason": "BackoffLimitExceeded"}], failed=1),
+        [pod("Failed", {"exitCode": 1, "reason": "Error", "message": record})],
+    )
+    verdict = job_verdict(spec(), obs)
+    assert verdict.reason == r.BACKOFF_LIMIT_EXCEEDED
+    assert verdict.message.endswith("(ValueError: row 7 has no output)") and "{" not in verdict.message
+    plain = observe_job(
+        k8s_job([{"type": "Failed", "reason": "BackoffLimitExceeded"}], failed=1),
+        [pod("Failed", {"exitCode": 1, "reason": "Error", "message": "x" * 3000 + " boom"})],
+    )
+    said = job_verdict(spec(), plain).message
+    assert said.endswith("boom)") and len(said) < 1200

@@ -70,7 +70,7 @@ def dataset_gate(spec: FineTuneJobSpec, datasets: Mapping[str, Dataset]) -> Verd
 
 def _failure_verdict(spec: FineTuneJobSpec, obs: JobObservation) -> Verdict:
     last = obs.failures[-1] if obs.failures else None
-    detail = f" ({last.message})" if last and last.message else ""
+    detail = f" ({last.said})" if last and last.said else ""
     if any(f.reason == "OOMKilled" for f in obs.failures):
         oom = next(f for f in reversed(obs.failures) if f.reason == "OOMKilled")
         limit = spec.resources.memory or "no limit"

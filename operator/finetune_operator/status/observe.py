@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from finetune_api.reports import said
+
 IMAGE_PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
-MESSAGE_MAX = 1024
 
 
 def rfc3339(moment: datetime) -> str:
@@ -32,7 +33,14 @@ class ContainerEnd:
     exit_code: int
     reason: str
     message: str
+    """The whole termination message (the kubelet keeps at most ``TERMINATION_MAX`` bytes): a
+    report parses from it, so it is never cut here."""
     finished_at: str | None
+
+    @property
+    def said(self) -> str:
+        """The message for people (:func:`finetune_api.reports.said`)."""
+        return said(self.message)
 
 
 @dataclass(frozen=True)
@@ -56,10 +64,20 @@ class JobObservation:
     stale_peers: list[str] = field(default_factory=list)
     """Pods of a multi-pod group still running from before a peer failed (:func:`stale_peers`)."""
 
-    def last_message(self) -> str:
-        """The termination message of the last pod that ended (the trainer's summary), or ''."""
+    def last_end(self) -> ContainerEnd | None:
+        """The container that ended last (its message is the trainer's report or summary)."""
         ends = sorted(self.successes + self.failures, key=lambda e: e.finished_at or "")
-        return ends[-1].message if ends else ""
+        return ends[-1] if ends else None
+
+    def last_message(self) -> str:
+        """The whole termination message of the last pod that ended, or ''."""
+        last = self.last_end()
+        return last.message if last else ""
+
+    def last_said(self) -> str:
+        """What the last pod that ended said to people (:attr:`ContainerEnd.said`), or ''."""
+        last = self.last_end()
+        return last.said if last else ""
 
 
 def _condition(job: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
@@ -75,7 +93,7 @@ def _container_ends(pod: Mapping[str, Any]) -> list[ContainerEnd]:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
         if term:
-            message = (term.get("message") or "").strip()[-MESSAGE_MAX:]
+            message = (term.get("message") or "").strip()
             ends.append(
                 ContainerEnd(
                     name,

@@ -56,7 +56,7 @@ def dataset_status(
         else:
             verdict = Verdict(DatasetPhase.READY, r.VALID, message or f"{status.samples or 0} valid samples")
     elif refusal is None and obs is not None and obs.failed_reason:
-        tail = obs.last_message() or obs.failed_message
+        tail = obs.last_said() or obs.failed_message
         verdict = Verdict(DatasetPhase.INVALID, r.VALIDATION_FAILED, f"validation failed: {tail}"[:1024])
     elif unreadable is not None:
         verdict = unreadable
@@ -103,7 +103,7 @@ def export_verdict(obs: JobObservation) -> Verdict:
                 "the export pod was OOMKilled; raise spec.resources.memory",
             )
         return Verdict(
-            ExportPhase.FAILED, r.EXPORT_FAILED, obs.last_message() or obs.failed_message or "export failed"
+            ExportPhase.FAILED, r.EXPORT_FAILED, obs.last_said() or obs.failed_message or "export failed"
         )
     if obs.running_pods:
         return Verdict(ExportPhase.RUNNING, r.EXPORT_RUNNING, "exporting")
