@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from finetune_api.common import OutputSpec
 from finetune_api.dataset import DatasetStatus
 from finetune_api.resources import Dataset
 
+from ..progress import read_progress
 from ..settings import Settings
+from ..status.finetunejob import ProgressRead
 from ..status.observe import parse_time, rfc3339
 
 M = TypeVar("M", bound=BaseModel)
 Key = tuple[str, str]
+ProgressReader = Callable[[OutputSpec, dict[str, str] | None], ProgressRead]
+"""Reads a trainer's progress record under an output, with the credentials of its Secret."""
 
 
 class KubeApi(Protocol):
@@ -224,13 +229,15 @@ class SystemClock:
 
 @dataclass(frozen=True)
 class Cluster:
-    """One reconcile's view: the API, the indexes, the settings, the per-object memory and a clock."""
+    """One reconcile's view: the API, the indexes, the settings, the per-object memory, a clock and the
+    reader of progress records (object storage)."""
 
     kube: KubeApi
     indexes: Indexes
     settings: Settings
     memory: Memory
     clock: Clock = field(default_factory=SystemClock)
+    read_progress: ProgressReader = read_progress
 
     def timestamp(self) -> str:
         """The current time as the API writes it."""

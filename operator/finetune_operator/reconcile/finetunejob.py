@@ -25,7 +25,6 @@ from ..builders.training import (
     owner_of,
     trainer_job_name,
 )
-from ..progress import read_progress
 from ..status import reasons as r
 from ..status.conditions import Verdict
 from ..status.finetunejob import TERMINAL, ProgressRead, build_job_status, dataset_gate, job_verdict
@@ -155,7 +154,7 @@ def read_job_progress(cluster: Cluster, namespace: str, output: OutputSpec | Non
     secret = (
         cluster.kube.secret_data(namespace, output.credentials_secret) if output.credentials_secret else None
     )
-    return read_progress(output, secret)
+    return cluster.read_progress(output, secret)
 
 
 def _note_progress_read(cluster: Cluster, uid: str, ref: str, read: ProgressRead) -> None:
