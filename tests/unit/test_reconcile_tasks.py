@@ -115,30 +115,33 @@ def export(world: World, name: str = "merged") -> None:
     reconcile_export(world.cluster, world.kube.body("exports", name))
 
 
-def test_an_export_waits_for_its_finetunejob_to_exist() -> None:
+def exported(spec: dict[str, Any] = EXPORT, phase: str | None = "Succeeded", *, source: bool = True) -> World:
+    """A cluster with the FineTuneJob ``demo`` in ``phase`` (none when not ``source``) and the Export
+    ``merged``, reconciled once."""
     world = World()
-    world.kube.add("exports", "merged", EXPORT)
+    if source:
+        world.kube.add("finetunejobs", "demo", FINETUNEJOB, {"phase": phase} if phase else None)
+    world.kube.add("exports", "merged", spec)
     export(world)
+    return world
+
+
+def test_an_export_waits_for_its_finetunejob_to_exist() -> None:
+    world = exported(source=False)
     assert status(world, "exports", "merged") == ("Waiting", r.FINETUNEJOB_NOT_FOUND)
     assert world.kube.created == []
 
 
 @pytest.mark.parametrize("phase", [None, "Pending", "Running"])
 def test_an_export_waits_for_its_finetunejob_to_succeed(phase: str | None) -> None:
-    world = World()
-    world.kube.add("finetunejobs", "demo", FINETUNEJOB, {"phase": phase} if phase else None)
-    world.kube.add("exports", "merged", EXPORT)
-    export(world)
+    world = exported(phase=phase)
     assert status(world, "exports", "merged") == ("Waiting", r.WAITING_FOR_FINETUNEJOB)
     assert f"FineTuneJob 'demo' is {phase or 'Pending'}" in world.kube.events[0][3]
     assert world.kube.created == []
 
 
 def test_an_export_fails_with_its_finetunejob() -> None:
-    world = World()
-    world.kube.add("finetunejobs", "demo", FINETUNEJOB, {"phase": "Failed"})
-    world.kube.add("exports", "merged", EXPORT)
-    export(world)
+    world = exported(phase="Failed")
     assert status(world, "exports", "merged") == ("Failed", r.FINETUNEJOB_FAILED)
     assert world.kube.created == []
     patches = len(world.kube.patches)
@@ -147,11 +150,7 @@ def test_an_export_fails_with_its_finetunejob() -> None:
 
 
 def test_an_export_waits_for_its_calibration_dataset() -> None:
-    world = World()
-    world.kube.add("finetunejobs", "demo", FINETUNEJOB, {"phase": "Succeeded"})
-    gptq = {**EXPORT, "quantization": {"method": "gptq", "bits": 4, "calibrationDataset": "calib"}}
-    world.kube.add("exports", "merged", gptq)
-    export(world)
+    world = exported({**EXPORT, "quantization": {"method": "gptq", "bits": 4, "calibrationDataset": "calib"}})
     assert status(world, "exports", "merged") == ("Waiting", r.DATASET_NOT_READY)
     assert world.kube.created == []
     world.kube.add("datasets", "calib", DATASET)
@@ -160,11 +159,7 @@ def test_an_export_waits_for_its_calibration_dataset() -> None:
 
 
 def test_an_export_rule_fails_it_as_invalid_spec_before_any_job() -> None:
-    world = World()
-    world.kube.add("finetunejobs", "demo", FINETUNEJOB, {"phase": "Succeeded"})
-    quantized_bin = {**EXPORT, "format": "bin", "quantization": {"method": "bitsandbytes", "bits": 4}}
-    world.kube.add("exports", "merged", quantized_bin)
-    export(world)
+    world = exported({**EXPORT, "format": "bin", "quantization": {"method": "bitsandbytes", "bits": 4}})
     assert status(world, "exports", "merged") == ("Failed", r.INVALID_SPEC)
     assert (
         "spec.format: quantized exports are written as safetensors; drop format: bin"
@@ -174,18 +169,13 @@ def test_an_export_rule_fails_it_as_invalid_spec_before_any_job() -> None:
 
 
 def test_an_export_cluster_rule_fails_it_as_invalid_spec() -> None:
-    world = World()
-    world.kube.add("exports", "merged", {"model": "tiny://llama", "output": {"uri": "file://runs/merged"}})
-    export(world)
+    world = exported({"model": "tiny://llama", "output": {"uri": "file://runs/merged"}}, source=False)
     assert status(world, "exports", "merged") == ("Failed", r.INVALID_SPEC)
     assert world.kube.created == []
 
 
 def test_an_export_runs_its_job_once_the_finetunejob_succeeded_and_then_succeeds() -> None:
-    world = World()
-    world.kube.add("finetunejobs", "demo", FINETUNEJOB, {"phase": "Succeeded"})
-    world.kube.add("exports", "merged", EXPORT)
-    export(world)
+    world = exported()
     assert world.kube.created == [("ConfigMap", "merged-export"), ("Job", "merged-export")]
     assert status(world, "exports", "merged") == ("Pending", r.PODS_PENDING)
     config = world.kube.children[("ConfigMap", "team", "merged-export")]["data"]
@@ -210,13 +200,8 @@ def test_an_export_runs_its_job_once_the_finetunejob_succeeded_and_then_succeeds
 
 
 def test_an_export_without_a_finetunejob_runs_at_once() -> None:
-    world = World()
-    world.kube.add(
-        "exports",
-        "merged",
-        {"model": "tiny://llama", "adapter": "s3://models/a", "output": {"uri": "s3://b/m"}},
-    )
-    export(world)
+    spec = {"model": "tiny://llama", "adapter": "s3://models/a", "output": {"uri": "s3://b/m"}}
+    world = exported(spec, source=False)
     assert world.kube.created == [("ConfigMap", "merged-export"), ("Job", "merged-export")]
 
 
