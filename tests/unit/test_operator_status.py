@@ -14,7 +14,7 @@ from finetune_api.pod import REFUSED_EXIT, TERMINATION_MAX
 from finetune_api.resources import Dataset, Export, FineTuneJob
 from finetune_operator import preflight as pf
 from finetune_operator.builders.pods import pod_failure_policy
-from finetune_operator.handlers.indexes import compact_job, job_state_key
+from finetune_operator.reconcile.cluster import compact_job, job_state_key
 from finetune_operator.status import reasons as r
 from finetune_operator.status.conditions import Verdict
 from finetune_operator.status.finetunejob import (

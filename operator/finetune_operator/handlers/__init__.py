@@ -1,4 +1,4 @@
-"""Thin kopf handlers: parse the object once, call the reconciler, map outcomes to kopf errors.
+"""Thin kopf handlers: register, build the reconciles' view of the cluster, lock, delegate to reconcile/, map outcomes to kopf errors.
 
 The handlers register in a plain :class:`kopf.OperatorRegistry`, set as kopf's default before any
 of them is declared. kopf's own default (the "smart" registry) probes for the ``kubernetes``

@@ -1,248 +1,34 @@
-"""FineTuneJob: level-based reconcile of the ConfigMap, (Indexed) Job and Service, and the status."""
+"""FineTuneJob handlers: register with kopf, pick what to reconcile, delegate to reconcile.finetunejob."""
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any, Final
 
 import kopf
 
-from finetune_api.cluster import job_cluster_errors
-from finetune_api.common import OutputSpec
-from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Phase, dataset_paths
-from finetune_api.resources import Dataset, FineTuneJob
-from finetune_api.rules import job_rule_errors
-
-from .. import metrics
-from .. import preflight as pf
 from ..builders.common import MANAGED_BY, MANAGER, OWNER_KIND
-from ..builders.training import (
-    TRAINER,
-    build_config_map,
-    build_headless_service,
-    build_trainer_job,
-    config_map_name,
-    owner_of,
-    trainer_job_name,
-)
-from ..kube import Kube
-from ..progress import read_progress
-from ..status import reasons as r
-from ..status.conditions import Verdict
-from ..status.finetunejob import (
-    TERMINAL,
-    ProgressRead,
-    build_job_status,
-    dataset_gate,
-    job_verdict,
-)
-from ..status.observe import JobObservation, parse_time
-from .indexes import JobEntry, compact_job, indexed_dataset, indexed_job, job_state_key, lookup
-from .runtime import (
-    RUNTIME,
-    forget_deleted,
-    is_deletion,
-    now,
-    observe,
-    parse,
-    parse_status,
-    run_guarded,
-    write_status,
-)
+from ..reconcile.cluster import JobEntry, compact_job, job_state_key
+from ..reconcile.finetunejob import PLURAL, reconcile_finetunejob
+from ..status.finetunejob import TERMINAL, ProgressRead
+from .runtime import RUNTIME, forget_deleted, is_deletion, run_guarded
 
 FTJ: Final = ("finetune.dev", "v1alpha1", "finetunejobs")
-PLURAL: Final = "finetunejobs"
-GPU_MEMORY_LABEL: Final = "finetune.dev/gpu-memory-gib"
 OWNED_JOBS: Final = {MANAGED_BY: MANAGER, OWNER_KIND: "finetunejob"}
 
-log = logging.getLogger(__name__)
 
-
-def _datasets(job: FineTuneJob) -> dict[str, Dataset]:
-    """The referenced Datasets as the index holds them (no API reads); absent ones are left out."""
-    found = {}
-    for _, name in dataset_paths(job.spec):  # training and evaluation data alike
-        ds = indexed_dataset(job.metadata.namespace or "default", name)
-        if ds is not None:
-            found[name] = ds
-    return found
-
-
-def gpu_capacity(kube: Kube, spec: FineTuneJobSpec) -> tuple[float | None, str]:
-    """GPU memory per device: the spec, else the smallest labelled node it may land on, else the setting."""
-    if spec.resources.gpu_memory_gib:
-        return spec.resources.gpu_memory_gib, "spec.resources.gpuMemoryGiB"
-    values = []
-    for labels in kube.node_labels(spec.resources.node_selector):
-        try:
-            values.append(float(labels[GPU_MEMORY_LABEL]))
-        except (KeyError, ValueError):
-            continue
-    if values:
-        return min(values), f"node label {GPU_MEMORY_LABEL}"
-    if RUNTIME.settings.gpu_memory_gib:
-        return RUNTIME.settings.gpu_memory_gib, "operator setting FINETUNE_GPU_MEMORY_GIB"
-    return None, ""
-
-
-def _expire(kube: Kube, job: FineTuneJob, status: FineTuneJobStatus) -> bool:
-    """ttlSecondsAfterFinished: delete the children, keep the FineTuneJob and its status. True when done."""
-    ttl, done = job.spec.ttl_seconds_after_finished, parse_time(status.completion_time)
-    if ttl is None or done is None or datetime.now(UTC) < done + timedelta(seconds=ttl):
-        return False
-    ns, name = job.metadata.namespace or "default", job.metadata.name
-    kube.delete("Job", ns, trainer_job_name(name))
-    kube.delete("Service", ns, trainer_job_name(name))
-    kube.delete("ConfigMap", ns, config_map_name(name))
-    return True
-
-
-def _refuse(body: Mapping[str, Any], job: FineTuneJob, old: FineTuneJobStatus | None, verdict: Verdict,
-            estimate: float | None = None) -> None:  # fmt: skip
-    # Nothing raised: the status, its event and log line say why, where a kopf error would repeat it as
-    # an ERROR line and an Error event. A refused job is terminal (never reconciled again); one that
-    # waits for its Datasets is Preparing, which the shared resync looks at again.
-    status = build_job_status(
-        job.spec, old, verdict, generation=job.metadata.generation, now=now(), estimate_gib=estimate
-    )
-    write_status(PLURAL, body, old, status, verdict)
-
-
-def _gate(kube: Kube, job: FineTuneJob) -> tuple[Verdict | None, float | None]:
-    """Checks before the Job exists: spec, Datasets, memory preflight. Returns the verdict that stops the
-    job here (None: it may run) and the memory estimate."""
-    datasets = _datasets(job)
-    # The spec's own rules (the API server ran only the CEL ones), then those of running on the cluster.
-    errors = job_rule_errors(job.spec) + job_cluster_errors(
-        job.spec, {n: ds.spec for n, ds in datasets.items()}
-    )
-    if errors:
-        return Verdict(Phase.FAILED, r.INVALID_SPEC, "; ".join(map(str, errors))), None
-    waiting = dataset_gate(job.spec, datasets)
-    if waiting:
-        return waiting, None
-    capacity, source = gpu_capacity(kube, job.spec) if job.spec.resources.gpus_per_node else (None, "")
-    try:
-        result = pf.preflight(job.spec, capacity, source)
-    except ValueError as exc:
-        return Verdict(Phase.FAILED, r.INVALID_SPEC, str(exc)), None
-    if result.refusal:
-        return Verdict(Phase.FAILED, r.INSUFFICIENT_GPU_MEMORY, result.refusal), result.estimate_gib
-    return None, result.estimate_gib
-
-
-def _converge(
-    kube: Kube, body: Mapping[str, Any], job: FineTuneJob, trainer: dict[str, Any] | None
-) -> tuple[dict[str, Any], JobObservation]:
-    """Create what is missing (adopting what exists), propagate suspend, observe the Job and its pods.
-
-    ``trainer`` is the Job as just seen in a Job event; otherwise the jobs index says whether it exists
-    (one seen late makes the create answer 409 and adopt it: names are deterministic).
-    """
-    ns, owner = job.metadata.namespace or "default", owner_of(job, body["metadata"]["uid"])
-    trainer = trainer or indexed_job(ns, trainer_job_name(job.metadata.name))
-    if trainer is None:
-        datasets = list(_datasets(job).values())
-        kube.create_or_adopt(build_config_map(job, datasets, owner))
-        if job.spec.resources.nodes > 1:
-            kube.create_or_adopt(build_headless_service(job, owner))
-        trainer, _ = kube.create_or_adopt(build_trainer_job(job, datasets, owner, RUNTIME.settings))
-    suspended = bool(trainer["spec"].get("suspend"))
-    # With Kueue the operator only ever suspends; admitting (un-suspending) is Kueue's job.
-    if job.spec.suspend != suspended and (job.spec.suspend or not job.spec.queue_name):
-        kube.set_job_suspend(ns, trainer["metadata"]["name"], job.spec.suspend)
-        trainer["spec"]["suspend"] = job.spec.suspend
-    selector = {**owner.labels(TRAINER), "batch.kubernetes.io/job-name": trainer["metadata"]["name"]}
-    obs = observe(kube, trainer, selector, job.spec.resources.nodes)
-    # One pod of a multi-node group failed: the others restart with its replacement (evicted, they
-    # cost no retry), into a fresh rendezvous from the last checkpoint.
-    for pod in obs.stale_peers:
-        log.info(
-            "%s/%s: a peer failed; evicting %s so the group restarts together", ns, job.metadata.name, pod
-        )
-        kube.evict_pod(ns, pod)
-    return trainer, obs
-
-
-def read_job_progress(kube: Kube, namespace: str, output: OutputSpec | None) -> ProgressRead:
-    """The trainer's progress record under ``output`` (its credentials Secret read here)."""
-    if output is None:
-        return ProgressRead(None)
-    secret = kube.secret_data(namespace, output.credentials_secret) if output.credentials_secret else None
-    return read_progress(output, secret)
-
-
-def _note_progress_read(uid: str, ref: str, read: ProgressRead) -> None:
-    """Log a progress read that starts or stops failing, once (the ProgressUnavailable condition says it)."""
-    before = RUNTIME.progress_errors.get(uid)
-    if read.error is not None and before is None:
-        log.warning("%s: progress record unreadable: %s", ref, read.error)
-    elif read.error is None and before is not None:
-        log.info("%s: progress record readable again", ref)
-    if read.error is None:
-        RUNTIME.progress_errors.pop(uid, None)
-    else:
-        RUNTIME.progress_errors[uid] = read.error
-
-
-def record_key(record: Mapping[str, Any] | None) -> str:
-    """A progress record's identity, to tell whether the status already reflects it."""
-    return json.dumps(record, sort_keys=True, default=str)
-
-
-def reconcile_finetunejob(
+def _run(
     body: Mapping[str, Any],
-    *,
+    permanent: bool,
     trainer: dict[str, Any] | None = None,
     progress: ProgressRead | None = None,
-) -> Verdict:
-    """Observe, compute the desired state, converge, write the status; a gate that stops it (a refusal,
-    Datasets not ready) writes its own. ``trainer``: the Job from a Job event; ``progress``: a read of the
-    progress record just made."""
-    kube = RUNTIME.api()
-    job, old = parse(FineTuneJob, body), parse_status(FineTuneJobStatus, body)
-    uid, ns = body["metadata"]["uid"], job.metadata.namespace or "default"
-    if old and old.phase in TERMINAL:
-        metrics.PHASES.set("FineTuneJob", uid, str(old.phase))  # counted after an operator restart too
-        if uid not in RUNTIME.expired and _expire(kube, job, old):
-            RUNTIME.expired.add(uid)
-        return Verdict(old.phase, "", "")
-    stop, estimate = _gate(kube, job)
-    if stop is not None:
-        _refuse(body, job, old, stop, estimate)
-        return stop
-    trainer, obs = _converge(kube, body, job, trainer)
-    verdict = job_verdict(job.spec, obs)
-    running = verdict.phase == Phase.RUNNING
-    if running and progress is None and RUNTIME.progress_due(uid):
-        progress = read_job_progress(kube, ns, job.spec.output)
-    progress = progress if running else None
-    status = build_job_status(
-        job.spec,
-        old,
-        verdict,
-        generation=job.metadata.generation,
-        now=now(),
-        obs=obs,
-        record=progress.record if progress else None,
-        estimate_gib=estimate,
-        progress_read=progress,
+) -> None:
+    run_guarded(
+        "FineTuneJob",
+        body,
+        lambda cluster, b: reconcile_finetunejob(cluster, b, trainer=trainer, progress=progress),
+        permanent=permanent,
     )
-    write_status(PLURAL, body, old, status, verdict)
-    if progress is not None:
-        _note_progress_read(uid, f"{ns}/{job.metadata.name}", progress)
-        if progress.record is not None:
-            RUNTIME.applied_records[uid] = record_key(progress.record)
-    RUNTIME.reconciled_jobs[uid] = job_state_key(trainer)
-    return verdict
-
-
-def _run(body: Mapping[str, Any], permanent: bool, trainer: dict[str, Any] | None = None) -> None:
-    run_guarded("FineTuneJob", body, lambda b: reconcile_finetunejob(b, trainer=trainer), permanent=permanent)
 
 
 @kopf.on.resume(*FTJ)
@@ -259,11 +45,10 @@ def resync_finetunejob(namespace: str, name: str, uid: str, progress: ProgressRe
     Read under the object's lock, so that the status it starts from is not one that a Job event's
     reconcile is replacing meanwhile."""
     with RUNTIME.exclusive(uid):
-        body = RUNTIME.api().read_custom(PLURAL, namespace, name)
+        body = RUNTIME.api_or_retry().read_custom(PLURAL, namespace, name)
         if body is None or body["metadata"]["uid"] != uid or body["metadata"].get("deletionTimestamp"):
             return
-        reconcile = partial(reconcile_finetunejob, progress=progress)
-        run_guarded("FineTuneJob", body, reconcile, permanent=False)
+        _run(body, permanent=False, progress=progress)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=OWNED_JOBS)
@@ -275,13 +60,13 @@ def trainer_job_event(event: Mapping[str, Any], body: kopf.Body, **_: Any) -> No
     if owner is None or event.get("type") == "DELETED":
         return
     ns = body["metadata"]["namespace"]
-    entry = lookup(RUNTIME.indexes.get("finetunejob_index"), (ns, owner["name"]))
+    entry = RUNTIME.index_view().finetunejob(ns, owner["name"])
     if entry is not None and (entry.uid != owner["uid"] or _settled(entry)):
         return  # another object of that name, or a finished job with nothing left to do
     with RUNTIME.exclusive(owner["uid"]):  # the create handler may be deriving the status from this Job now
-        if RUNTIME.reconciled_jobs.get(owner["uid"]) == job_state_key(body):
+        if RUNTIME.memory.reconciled_jobs.get(owner["uid"]) == job_state_key(body):
             return  # the status already derives from this very state (e.g. the ADDED event of our own create)
-        parent = RUNTIME.api().read_custom(PLURAL, ns, owner["name"])
+        parent = RUNTIME.api_or_retry().read_custom(PLURAL, ns, owner["name"])
         if parent is None or parent["metadata"]["uid"] != owner["uid"]:
             RUNTIME.forget(owner["uid"])  # the owner is gone: drop what this event's lock put back
             return
@@ -293,7 +78,7 @@ def _settled(entry: JobEntry) -> bool:
     """A finished FineTuneJob whose children need no TTL deletion from this process."""
     if entry.phase not in TERMINAL:
         return False
-    return entry.expires_at is None or entry.uid in RUNTIME.expired
+    return entry.expires_at is None or entry.uid in RUNTIME.memory.expired
 
 
 @kopf.on.event(*FTJ, when=is_deletion)

@@ -25,9 +25,10 @@ from finetune_api.finetunejob import Phase
 
 from ..builders.tasks import validation_name
 from ..builders.training import trainer_job_name
+from ..reconcile.cluster import Cluster, JobEntry
+from ..reconcile.finetunejob import read_job_progress, record_key
 from ..status.observe import has_pods
-from .finetunejob import read_job_progress, record_key, resync_finetunejob
-from .indexes import JobEntry, indexed_job
+from .finetunejob import resync_finetunejob
 from .runtime import RUNTIME
 from .tasks import resync_task
 
@@ -38,51 +39,56 @@ Work = Callable[[], None]
 CONCURRENCY = 4
 
 
-def _progress_work(namespace: str, name: str, entry: JobEntry) -> Work | None:
-    if entry.output is None or not RUNTIME.progress_due(entry.uid):
+def _progress_work(cluster: Cluster, namespace: str, name: str, entry: JobEntry) -> Work | None:
+    if entry.output is None or not cluster.progress_due(entry.uid):
         return None
     output = OutputSpec.model_validate(entry.output)
 
     def work() -> None:
-        read = read_job_progress(RUNTIME.api(), namespace, output)
-        applied = RUNTIME.applied_records.get(entry.uid)
+        read = read_job_progress(cluster, namespace, output)
+        applied = cluster.memory.applied_records.get(entry.uid)
         new_record = read.record is not None and record_key(read.record) != applied
         # A read that starts or stops failing moves the ProgressUnavailable condition.
-        if new_record or read.error != RUNTIME.progress_errors.get(entry.uid):
+        if new_record or read.error != cluster.memory.progress_errors.get(entry.uid):
             resync_finetunejob(namespace, name, entry.uid, read)
 
     return work
 
 
-def finetunejob_work(namespace: str, name: str, entry: JobEntry, now: float) -> Work | None:
-    """What one FineTuneJob needs from this resync, if anything (pure but for the indexes' reads)."""
+def finetunejob_work(cluster: Cluster, namespace: str, name: str, entry: JobEntry, now: float) -> Work | None:
+    """What one FineTuneJob needs from this resync, if anything (pure but for the view's reads)."""
     full: Work = partial(resync_finetunejob, namespace, name, entry.uid)
     if entry.phase in (Phase.SUCCEEDED, Phase.FAILED):
-        due = entry.expires_at is not None and entry.expires_at <= now and entry.uid not in RUNTIME.expired
+        due = (
+            entry.expires_at is not None
+            and entry.expires_at <= now
+            and entry.uid not in cluster.memory.expired
+        )
         return full if due else None
     if entry.phase == Phase.PREPARING:
         return full  # its Datasets may be Ready now (the gate reads them from the index)
     if entry.phase not in (Phase.PENDING, Phase.RUNNING):
         return None  # Suspended and new objects wait for an event
-    job = indexed_job(namespace, trainer_job_name(name))
+    job = cluster.indexes.job(namespace, trainer_job_name(name))
     if job is None or (entry.phase == Phase.PENDING and has_pods(job)):
         return full  # recreate a deleted Job; look at pods that may not start
-    return _progress_work(namespace, name, entry) if entry.phase == Phase.RUNNING else None
+    return _progress_work(cluster, namespace, name, entry) if entry.phase == Phase.RUNNING else None
 
 
 def _pending_work(now: float) -> Iterator[tuple[str, Work]]:
     """(the object, as ``Kind namespace/name`` for the log, and its work) for each object due."""
     # Snapshots: the indexes change under kopf's event loop, which is also where this runs.
+    cluster = RUNTIME.cluster_or_retry()  # started: the resync starts once the client is connected
     for (ns, name), store in list(RUNTIME.indexes.get("finetunejob_index", {}).items()):
         for entry in list(store):
-            work = finetunejob_work(ns, name, entry, now)
+            work = finetunejob_work(cluster, ns, name, entry, now)
             if work is not None:
                 yield f"FineTuneJob {ns}/{name}", work
     for (ns, name), store in list(RUNTIME.indexes.get("dataset_index", {}).items()):
         for ds in list(store):
             done = ds.status is not None and ds.status.phase in (DatasetPhase.READY, DatasetPhase.INVALID)
             if not (done and ds.status.observed_generation == ds.metadata.generation):
-                job = indexed_job(ns, validation_name(ds))
+                job = cluster.indexes.job(ns, validation_name(ds))
                 if job is None or has_pods(job):
                     yield f"Dataset {ns}/{name}", partial(resync_task, "Dataset", ns, name)
     for (ns, name), store in list(RUNTIME.indexes.get("export_index", {}).items()):
