@@ -5,6 +5,8 @@ same rule runs over a batch as numpy arrays: each turn's kept lengths come from 
 (turn by turn, across all rows at once), then ``input_ids`` and ``labels`` are gathered from the
 flat token array and handed to Arrow without a Python list per row. The two must agree token for
 token (``tests/trainer/test_data_gather.py`` pins it).
+
+Fast path: see finetune_trainer.fastpaths (its reference path and the tests that pin the two equal).
 """
 
 from __future__ import annotations

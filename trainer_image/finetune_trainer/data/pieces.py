@@ -14,6 +14,8 @@ texts in printable ASCII plus tab, newline and CR, where the regex classes (``\\
 ``\\s``) mean the same in Oniguruma and in ``re`` and every Unicode normalization form is the
 identity. Other texts go to the tokenizer as they are. ``tests/trainer/test_data_pieces.py``
 compares both ways on each family's pipeline.
+
+Fast path: see finetune_trainer.fastpaths (its reference path and the tests that pin the two equal).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ else in ONE call of the fast tokenizer. The per-example work left in Python is l
 concatenation per turn, never per token (supervised rows, the common case, not even that:
 ``gather.py`` assembles them with numpy).
 Rows whose ``_error`` is set produce empty outputs (they are dropped right after).
+
+Fast path: see finetune_trainer.fastpaths (its reference path and the tests that pin the two equal).
 """
 
 from __future__ import annotations

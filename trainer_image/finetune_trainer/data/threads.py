@@ -5,6 +5,8 @@ workers: no pool to start, no tokenizer pickled into each worker, no shards to m
 must not start threads of their own (each already has its core). ``tokenizers`` reads
 ``TOKENIZERS_PARALLELISM`` at every batched call, so the switch is that variable, set for the call
 and restored after it.
+
+Fast path: see finetune_trainer.fastpaths (its reference path and the tests that pin the two equal).
 """
 
 from __future__ import annotations

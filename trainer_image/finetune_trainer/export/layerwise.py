@@ -5,6 +5,8 @@ final norm and head, which are read once).
 The model is a meta-device skeleton (:func:`.stream.meta_model`), optionally wrapped in a
 ``PeftModel`` whose adapter weights are real; the forward is the model's own (PEFT's unmerged
 LoRA/DoRA included), only the weights arrive lazily through forward hooks.
+
+Fast path: see finetune_trainer.fastpaths (its reference path and the tests that pin the two equal).
 """
 
 from __future__ import annotations

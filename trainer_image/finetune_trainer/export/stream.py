@@ -5,6 +5,8 @@ dtypes, shard split and index that ``save_pretrained`` of the merged model would
 (:func:`.shards.savable_state_dict`). Each output shard's header is written first (every size is
 known up front), then each tensor is read from the base files with ``pread``, merged, written and
 dropped, so the merge's memory is a tensor or two, never the model.
+
+Fast path: see finetune_trainer.fastpaths (its reference path and the tests that pin the two equal).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ freeze fine-tune: re-sharded and cast tensor by tensor), exported unquantized as
 Everything else (a .bin base or export, quantization, a reward model's head, PiSSA-style or other
 LoRA variants, remote code, checkpoints whose names the model renames at load) takes the
 model-based merge of :mod:`.merge`; :func:`streaming_plan` says why.
+
+The twins chosen between here, and the tests that pin them equal: see finetune_trainer.fastpaths.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ needed, leaves the weights as views of the map. Merging writes into every weight
 page is copied while the file's page stays mapped, so the process ends up holding the model twice.
 Reading each tensor with ``pread(2)`` into its own memory instead, before anything touches the
 map, keeps one copy; the untouched map costs nothing and goes away with the old tensors.
+
+Fast path: see finetune_trainer.fastpaths (its reference path and the tests that pin the two equal).
 """
 
 from __future__ import annotations

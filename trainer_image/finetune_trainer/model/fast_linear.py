@@ -18,6 +18,8 @@ CPUs (≈ 90 GFLOP/s per core on an AVX-512 AMD EPYC, where oneDNN — also in e
 reaches ≈ 220). Every matmul of the layers here (forward, input and weight gradients, the rank-r
 products) goes through oneDNN's fp32 inner product when its operands are fp32 CPU tensors; the
 result is the same fp32 product (another summation order), never a reduced-precision one.
+
+Fast path: see finetune_trainer.fastpaths (its reference path and the tests that pin the two equal).
 """
 
 from __future__ import annotations

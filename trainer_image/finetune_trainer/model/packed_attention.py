@@ -10,6 +10,8 @@ It is registered under :data:`PACKED_SDPA` in transformers' ``AttentionInterface
 that skips the 4D mask when the only thing it would encode is causality inside packed samples (no
 padding mask, no KV cache, no sliding window); any other case gets SDPA's mask, and the function then
 is plain SDPA. The loader picks it on CPU when training packs rows (``model.attention: auto``).
+
+Fast path: see finetune_trainer.fastpaths (its reference path and the tests that pin the two equal).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ the hidden states of chosen positions before the head (``logits_to_keep`` as a b
 the already shifted targets (``shift_labels``); the loss is then the same sum over the same tokens,
 divided by the same ``num_items_in_batch`` the Trainer counts from the batch's ``labels`` (so gradient
 accumulation is unchanged).
+
+Fast path: see finetune_trainer.fastpaths (its reference path and the tests that pin the two equal).
 """
 
 from __future__ import annotations
