@@ -9,7 +9,7 @@ memory (PSS, shared pages counted once) is sampled from outside.
 
     python -m bench.data_preprocess [--quick] [--num-proc 1,2]
 
-Target (DESIGN.md): samples/s ≥ 3× LLaMA-Factory at no more peak memory.
+Target (bench/README.md, Targets): samples/s ≥ 3× LLaMA-Factory at no more peak memory.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ The merge part (``--merge``, on in full mode) runs ``finetune export`` on a LoRA
 
     python -m bench.export_upload [--quick]
 
-Targets (DESIGN.md): upload ≥ 0.8× the best raw MB/s; merge peak RSS ≤ 1.2× the model's size.
+Targets (bench/README.md, Targets): upload ≥ 0.8× the best raw MB/s; merge peak RSS ≤ 1.2× the model's size.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Full mode then grows to 1000 FineTuneJobs and measures memory again.
 
     python -m bench.operator_scale [--quick]      # 200 (+800) jobs; quick: 20
 
-Targets (DESIGN.md): p99 apply → Job created ≤ 1 s with 200 live FineTuneJobs; RSS ≤ 150 MB at 1000.
+Targets (bench/README.md, Targets): p99 apply → Job created ≤ 1 s with 200 live FineTuneJobs; RSS ≤ 150 MB at 1000.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ its runs and the ratio of the means; every run is kept in the result.
     python -m bench.train_throughput [--quick] [--rounds N]
     python -m bench.train_throughput --gpu [--plan]   # 1.5B Qwen2-shaped model, bf16, MFU
 
-Target (DESIGN.md): tokens/s ≥ 1.5× LLaMA-Factory; on an H100, ≥ 45% MFU for the 1.5B model.
+Target (bench/README.md, Targets): tokens/s ≥ 1.5× LLaMA-Factory; on an H100, ≥ 45% MFU for the 1.5B model.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ the two stacks never mix:
 - ``peer``: LLaMA-Factory 0.9.5 and the versions it resolved to in its bench venv
   (bench/README.md), plus the needs of its training path the image lacks.
 
-torch and everything the image already has (KINDS.md's package list) are used as they are there.
+torch and everything the image already has (bench/README.md, "The device's image") are used as they
+are there.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ PLATFORMS = ("manylinux1", "manylinux2014", *(f"manylinux_2_{n}" for n in (17, 2
 # too large to carry), and prometheus-client, matplotlib, tqdm. galore-torch is imported only
 # when a spec asks for GaLore.
 OUR_PINNED = ("transformers", "peft", "trl", "datasets", "tokenizers", "bitsandbytes", "boto3", "cel-python")
-# Needs of our stack the image lacks (KINDS.md), taken at the project venv's versions.
+# Needs of our stack the image lacks (bench/README.md), taken at the project venv's versions.
 OUR_NEEDS = (
     "pydantic", "pydantic-core", "annotated-types", "typing-inspection",  # the API package
     "google-re2", "lark", "pendulum", "tzdata", "jmespath",  # cel-python

@@ -10,8 +10,8 @@ One entry point per kind, run everywhere a spec is accepted:
 - the trainer at start (the pod validates its documents the same way).
 
 Each rule is one function returning ``FieldError``s at API-server field paths; add a rule by writing
-one and listing it in ``JOB_RULES`` or ``EXPORT_RULES`` (tests/unit/test_rules.py gives each an
-invalid example).
+one and listing it in ``JOB_RULES`` or ``EXPORT_RULES``, with an invalid example of it in
+examples/invalid/ (tests/unit/test_validation.py and the e2e tests refuse each with its message).
 """
 
 from __future__ import annotations

@@ -92,6 +92,9 @@ def test_plan_keeps_the_evaluation_datasets_in_the_resolved_documents(job_file: 
     names = {d["metadata"]["name"] for d in plan.documents if d["kind"] == "Dataset"}
     assert names == {"train", "predict", "bench"}
     assert [name for name, _, _ in plan.datasets] == ["train"]
+    assert sorted(plan.evaluation) == ["bench", "predict"]  # typed, for the evaluator
+    bench = plan.evaluation["bench"]
+    assert bench.columns is not None and bench.columns.text == "question"
 
 
 def test_trained_model_scores_and_results_land_everywhere(job_file: Path, tmp_path: Path) -> None:

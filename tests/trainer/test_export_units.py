@@ -104,7 +104,7 @@ def test_gptq_is_refused_on_cpu_and_without_its_packages() -> None:
     with pytest.raises(ValueError, match="gptq needs optimum, gptqmodel in the trainer image"):
         check_quantization(gptq, cuda=True)  # neither is installed here
     bnb = ExportQuantizationSpec(method="bitsandbytes", bits=4)
-    check_quantization(bnb, cuda=False)  # a quantized .bin export: tests/unit/test_rules.py
+    check_quantization(bnb, cuda=False)  # a quantized .bin export: examples/invalid/export-quantized-bin.yaml
 
 
 def test_logits_check_rule_and_tolerance() -> None:

@@ -18,8 +18,9 @@ from finetune_trainer.model import load_model_and_tokenizer, prepare_model_for_t
 from finetune_trainer.run import execute, plan_run
 from finetune_trainer.train.preference import run_preference
 from finetune_trainer.train.preference_trainer import PreferenceTrainer
+from finetune_trainer.train.recipes import RecipeInputs
 from finetune_trainer.train.reference import reference_model_for
-from finetune_trainer.train.workspace import open_workspace
+from finetune_trainer.workspace import open_workspace
 from tests.trainer.helpers import same_bits
 from tests.trainer.stage_jobs import DATA, PREFERENCE_DATA, early_late, logged, write_stage_job
 
@@ -182,6 +183,6 @@ def test_data_without_pairs_is_refused_naming_the_field(tmp_path: Path) -> None:
     )
     try:
         with pytest.raises(ValueError, match="chosen"):
-            run_preference(ws, [sft_rows], plan.documents)
+            run_preference(ws, RecipeInputs(datasets=[sft_rows], evaluation={}, documents=plan.documents))
     finally:
         ws.close(failed="refused")

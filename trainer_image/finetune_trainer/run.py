@@ -24,10 +24,13 @@ log = logging.getLogger("finetune")
 
 @dataclass
 class RunPlan:
-    """A validated FineTuneJob, its Datasets in reference order, and where its outputs go."""
+    """A validated FineTuneJob, its Datasets in reference order, the Datasets its evaluation names, and
+    where its outputs go."""
 
     job: FineTuneJob
     datasets: list[tuple[str, DatasetSpec, float]]
+    evaluation: dict[str, DatasetSpec]
+    """spec.evaluation's Datasets, by name."""
     output_uri: str
     documents: list[dict[str, Any]]
 
@@ -70,7 +73,8 @@ def plan_run(
     uri = output or (job.spec.output.uri if job.spec.output else f"file://./runs/{job.metadata.name}")
     used = {"FineTuneJob": {job.metadata.name}, "Dataset": {name for name, _, _ in datasets} | set(evaluated)}
     documents = [b for b in bodies if b.get("metadata", {}).get("name") in used.get(b.get("kind", ""), set())]
-    return RunPlan(job, datasets, uri, documents)
+    evaluation = {name: found[name].spec for name in evaluated}
+    return RunPlan(job, datasets, evaluation, uri, documents)
 
 
 def execute(plan: RunPlan, *, overwrite: bool = False, resume: bool = False) -> Any:
@@ -83,9 +87,9 @@ def execute(plan: RunPlan, *, overwrite: bool = False, resume: bool = False) -> 
     from transformers import set_seed
 
     from .data import dataset_config
-    from .train.recipes import recipe_for
+    from .train.recipes import RecipeInputs, recipe_for
     from .train.rerun import AlreadyFinished, Start, prepare_output
-    from .train.workspace import ADAPTER, global_rank, open_workspace, output_store
+    from .workspace import ADAPTER, global_rank, open_workspace, output_store
 
     recipe = recipe_for(plan.job.spec.method.stage)  # refuses a stage not available yet, before any work
     store = output_store(plan.job.spec, plan.output_uri)
@@ -111,9 +115,13 @@ def execute(plan: RunPlan, *, overwrite: bool = False, resume: bool = False) -> 
         resume=decision.start is Start.RESUME,
     )
     ws.learning_rate_scale = learning_rate_scale(decision.differences)
-    configs = [dataset_config(spec, name=name, weight=weight) for name, spec, weight in plan.datasets]
+    inputs = RecipeInputs(
+        datasets=[dataset_config(spec, name=name, weight=weight) for name, spec, weight in plan.datasets],
+        evaluation={name: dataset_config(spec, name=name) for name, spec in plan.evaluation.items()},
+        documents=plan.documents,
+    )
     try:
-        outcome = recipe(ws, configs, plan.documents)
+        outcome = recipe(ws, inputs)
     except (Terminated, KeyboardInterrupt) as exc:  # going away: no waiting for uploads in flight
         message = f"{str(exc) or INTERRUPTED_MESSAGE}; {resume_hint(ws.reporter)}"
         ws.close(failed=message, wait_for_uploads=False)

@@ -56,12 +56,12 @@ def processing_config(
     training: TrainingSpec,
     stage: Stage,
     *,
-    job: FineTuneJobSpec | None = None,
+    mix_strategy: MixStrategy = MixStrategy.CONCAT,
     streaming: bool = False,
     num_proc: int | None = None,
     cache_dir: Path | None = None,
 ) -> ProcessingConfig:
-    """``training`` and ``stage`` (and the job's mixStrategy, when ``job`` is given) as a :class:`ProcessingConfig`.
+    """``training``, ``stage`` and ``mix_strategy`` (a FineTuneJob's sections) as a :class:`ProcessingConfig`.
 
     The API has no response-reserve field; a quarter of the cutoff is kept for the response.
     """
@@ -75,13 +75,15 @@ def processing_config(
         response_reserve_ratio=DEFAULT_RESPONSE_RESERVE,
         val_size=training.val_size,
         seed=training.seed,
-        mix_strategy=job.mix_strategy if job is not None else MixStrategy.CONCAT,
+        mix_strategy=mix_strategy,
         streaming=streaming,
         num_proc=num_proc,
         cache_dir=cache_dir or default_cache_dir(),
     )
 
 
-def job_processing_config(job: FineTuneJobSpec, **kwargs: object) -> ProcessingConfig:
+def job_processing_config(job: FineTuneJobSpec, *, cache_dir: Path | None = None) -> ProcessingConfig:
     """The processing settings of a whole FineTuneJob spec (training, method.stage, mixStrategy)."""
-    return processing_config(job.training, job.method.stage, job=job, **kwargs)  # type: ignore[arg-type]
+    return processing_config(
+        job.training, job.method.stage, mix_strategy=job.mix_strategy, cache_dir=cache_dir
+    )

@@ -3,7 +3,8 @@ multiple-choice benchmarks (MMLU / C-Eval layout).
 
 In a recipe::
 
-    plan = prepare_evaluation(spec, train=datasets, documents=documents, processing=processing, tokenizer=tokenizer)
+    plan = prepare_evaluation(spec, train=inputs.datasets, evaluation_datasets=inputs.evaluation,
+                              processing=processing, tokenizer=tokenizer)
     ...train, save...
     if plan is not None and ws.is_main:
         run_evaluation(ws, plan, model=trainer.model, tokenizer=tokenizer, compute_dtype=dtype, step=step)
@@ -19,14 +20,12 @@ from .choice import (
     score_benchmark,
 )
 from .predict import Prediction, generate_predictions
-from .report import EVAL_RESULTS, PREDICTIONS, evaluation_status, log_record
+from .report import evaluation_status, log_record
 from .runner import EvaluationPlan, prepare_evaluation, run_evaluation
 from .scores import SimilarityScores, score_predictions, sentence_bleu4
 
 __all__ = [
     "CHOICES",
-    "EVAL_RESULTS",
-    "PREDICTIONS",
     "BenchmarkPlan",
     "BenchmarkScores",
     "EvaluationPlan",

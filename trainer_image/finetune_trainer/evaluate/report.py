@@ -14,13 +14,11 @@ from finetune_api.evaluation import SCORE_UNIT, BenchmarkResult, EvaluationStatu
 
 from ..export.card import CARD, write_run_card
 from ..storage import replace_artifact_file
-from ..train.workspace import ADAPTER, RESOLVED_SPEC, TRAINER_LOG, Workspace
+from ..workspace import ADAPTER, EVAL_RESULTS, PREDICTIONS, RESOLVED_SPEC, TRAINER_LOG, Workspace
 from .choice import BenchmarkScores
 from .predict import Prediction
 from .scores import SimilarityScores
 
-PREDICTIONS = "predictions.jsonl"
-EVAL_RESULTS = "eval_results.json"
 MAX_STATUS_SUBJECTS = 256  # the status schema's bound; eval_results.json keeps every subject
 
 

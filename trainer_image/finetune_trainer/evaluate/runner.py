@@ -14,18 +14,10 @@ import torch
 from finetune_api.evaluation import EvaluationSpec, EvaluationStatus
 from finetune_api.finetunejob import FineTuneJobSpec
 from finetune_api.method import Stage
-from finetune_api.resources import Dataset
 
-from ..data import (
-    ChatTemplate,
-    DatasetConfig,
-    ProcessingConfig,
-    dataset_config,
-    get_template,
-    prepare_dataset,
-)
+from ..data import ChatTemplate, DatasetConfig, ProcessingConfig, get_template, prepare_dataset
 from ..data.loader import load_rows
-from ..train.workspace import Workspace
+from ..workspace import Workspace
 from .choice import BenchmarkPlan, plan_benchmark, read_questions, score_benchmark
 from .predict import answer_stop_ids, generate_predictions
 from .report import evaluation_status, publish_evaluation
@@ -43,27 +35,6 @@ class EvaluationPlan:
     cutoff_len: int
     predict_rows: list[dict[str, Any]] | None
     benchmark: BenchmarkPlan | None
-
-
-def evaluation_datasets(
-    documents: Sequence[Mapping[str, Any]], evaluation: EvaluationSpec
-) -> dict[str, DatasetConfig]:
-    """The Datasets the evaluation names, from the run's resolved documents.
-
-    Raises:
-        ValueError: a named Dataset is not among the documents.
-    """
-    found = {
-        str(doc["metadata"]["name"]): doc
-        for doc in documents
-        if doc.get("kind") == "Dataset" and "metadata" in doc
-    }
-    configs = {}
-    for name in evaluation.dataset_refs():
-        if name not in found:
-            raise ValueError(f"spec.evaluation: Dataset {name!r} not found")
-        configs[name] = dataset_config(Dataset.model_validate(found[name]).spec, name=name)
-    return configs
 
 
 def _predict_rows(
@@ -97,11 +68,14 @@ def prepare_evaluation(
     job: FineTuneJobSpec,
     *,
     train: Sequence[DatasetConfig],
-    documents: Sequence[Mapping[str, Any]],
+    evaluation_datasets: Mapping[str, DatasetConfig],
     processing: ProcessingConfig,
     tokenizer: Any,
 ) -> EvaluationPlan | None:
     """Read and check everything ``job.evaluation`` needs; None when the job has no evaluation.
+
+    ``train`` are the job's Datasets (the validation split comes from them), ``evaluation_datasets``
+    every Dataset ``job.evaluation`` names, by name (`finetune run` found them all before it started).
 
     Raises:
         ValueError: an unusable setting or Dataset, naming the spec field.
@@ -109,17 +83,18 @@ def prepare_evaluation(
     evaluation = job.evaluation
     if evaluation is None:
         return None
-    configs = evaluation_datasets(documents, evaluation)
-    predict_rows = _predict_rows(job, train, configs, processing, tokenizer) if evaluation.predict else None
+    predict_rows = (
+        _predict_rows(job, train, evaluation_datasets, processing, tokenizer) if evaluation.predict else None
+    )
     plan = None
     if (bench := evaluation.benchmark) is not None:
         questions = read_questions(
-            load_rows(configs[bench.dataset], cache_dir=processing.cache_dir),
+            load_rows(evaluation_datasets[bench.dataset], cache_dir=processing.cache_dir),
             field_name="spec.evaluation.benchmark.dataset",
         )
         shots = None
         if bench.shots_dataset:
-            rows = load_rows(configs[bench.shots_dataset], cache_dir=processing.cache_dir)
+            rows = load_rows(evaluation_datasets[bench.shots_dataset], cache_dir=processing.cache_dir)
             shots = read_questions(rows, field_name="spec.evaluation.benchmark.shotsDataset")
         plan = plan_benchmark(
             questions,

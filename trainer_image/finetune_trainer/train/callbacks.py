@@ -14,8 +14,27 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from ..progress import ProgressReporter
 from ..storage import BackgroundUploader, ObjectStore
+from ..workspace import CHECKPOINTS, Workspace
 
 log = logging.getLogger(__name__)
+
+
+def run_callbacks(ws: Workspace) -> list[TrainerCallback]:
+    """The Trainer callbacks of a run (progress, JSONL log and uploads on rank 0 only)."""
+    if ws.reporter is None or ws.uploader is None:
+        return []
+    reporter = ws.reporter
+    return [
+        ProgressCallback(reporter),
+        JsonlLogCallback(ws.local_log),
+        CheckpointUploadCallback(
+            ws.uploader,
+            ws.store.child(CHECKPOINTS),
+            keep=ws.spec.training.save_total_limit,
+            on_uploaded=reporter.on_checkpoint,
+            log=ws.local_log,
+        ),
+    ]
 
 
 class ProgressCallback(TrainerCallback):

@@ -8,29 +8,32 @@ checkpoint) → save → evaluate (spec.evaluation).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
-from ..data import DatasetConfig, job_processing_config, make_collator
+from ..data import job_processing_config, make_collator
 from ..evaluate import prepare_evaluation, run_evaluation
 from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
+from ..workspace import Workspace
 from .arguments import build_training_arguments
+from .callbacks import run_callbacks
 from .label_head import CausalLMTrainer
 from .loop import tokenize_datasets, train_and_save
-from .workspace import TrainOutcome, Workspace
+from .recipes import RecipeInputs, TrainOutcome
 
 log = logging.getLogger(__name__)
 
 
-def run_causal_lm(
-    ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, object]]
-) -> TrainOutcome:
-    """Train ``ws.spec`` (stage pt or sft) on ``datasets``; ``documents`` are saved as the resolved spec."""
+def run_causal_lm(ws: Workspace, inputs: RecipeInputs) -> TrainOutcome:
+    """Train ``ws.spec`` (stage pt or sft) on ``inputs.datasets``."""
     spec = ws.spec
     processing = job_processing_config(spec)
 
-    tokenizer, data = tokenize_datasets(ws, datasets, processing)
+    tokenizer, data = tokenize_datasets(ws, inputs.datasets, processing)
     evaluation = prepare_evaluation(
-        spec, train=datasets, documents=documents, processing=processing, tokenizer=tokenizer
+        spec,
+        train=inputs.datasets,
+        evaluation_datasets=inputs.evaluation,
+        processing=processing,
+        tokenizer=tokenizer,
     )
 
     # Built before the model: under ZeRO-3 the arguments make from_pretrained load the weights sharded.
@@ -61,10 +64,10 @@ def run_causal_lm(
         data_collator=make_collator(processing, loaded.tokenizer, attn_implementation=loaded.attention),
         processing_class=loaded.tokenizer,
         optimizers=(optimizer, None),
-        callbacks=ws.callbacks(),
+        callbacks=run_callbacks(ws),
         head_on_labels_only=not spec.model.liger_kernel,  # Liger's fused head never builds the logits
     )
-    outcome = train_and_save(ws, trainer, loaded.tokenizer, documents, evaluate=data.eval is not None)
+    outcome = train_and_save(ws, trainer, loaded.tokenizer, inputs.documents, evaluate=data.eval is not None)
     if ws.is_main and evaluation is not None:  # after the adapter is safe in storage
         run_evaluation(
             ws, evaluation, model=trainer.model, tokenizer=loaded.tokenizer,

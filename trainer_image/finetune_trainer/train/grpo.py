@@ -8,7 +8,6 @@ train (resuming) → save. With LoRA the reference policy is the base with the a
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +19,16 @@ from trl import GRPOConfig, GRPOTrainer
 from finetune_api.finetunejob import FineTuneJobSpec
 from finetune_api.method import GrpoSpec
 
-from ..data import DatasetConfig, job_processing_config
+from ..data import job_processing_config
 from ..data.config import AnyDataset
 from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
 from ..model.sources import fetch_source
+from ..workspace import Workspace
 from .arguments import training_arguments
+from .callbacks import run_callbacks
 from .grpo_rewards import REFERENCE_COLUMN, builtin_rewards
 from .loop import tokenize_datasets, train_and_save
-from .workspace import TrainOutcome, Workspace
+from .recipes import RecipeInputs, TrainOutcome
 
 log = logging.getLogger(__name__)
 REWARD_MODEL_FIELD = "spec.method.grpo.rewardModel"
@@ -79,19 +80,17 @@ def load_reward_model(
     return model.requires_grad_(False).eval(), reward_tokenizer
 
 
-def run_grpo(
-    ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, Any]]
-) -> TrainOutcome:
-    """Train ``ws.spec`` (stage grpo) on the prompts of ``datasets``."""
+def run_grpo(ws: Workspace, inputs: RecipeInputs) -> TrainOutcome:
+    """Train ``ws.spec`` (stage grpo) on the prompts of ``inputs.datasets``."""
     spec = ws.spec
     grpo = grpo_of(spec)
     processing = job_processing_config(spec)
     reward_funcs: list[Any]
     reward_funcs, weights = builtin_rewards(
-        grpo.rewards, datasets
+        grpo.rewards, inputs.datasets
     )  # bad reward settings fail before any work
 
-    tokenizer, data = tokenize_datasets(ws, datasets, processing)
+    tokenizer, data = tokenize_datasets(ws, inputs.datasets, processing)
     if data.eval is not None:
         log.warning("spec.training.valSize: stage grpo does not evaluate; the validation rows are left out")
     reward_tokenizers: list[PreTrainedTokenizerBase | None] = [None] * len(reward_funcs)
@@ -138,7 +137,7 @@ def run_grpo(
         train_dataset=grpo_rows(data.train, loaded.tokenizer),
         processing_class=loaded.tokenizer,
         reward_processing_classes=reward_tokenizers,
-        callbacks=ws.callbacks(),
+        callbacks=run_callbacks(ws),
         optimizers=(optimizer, None),
     )
-    return train_and_save(ws, trainer, loaded.tokenizer, documents, evaluate=False)
+    return train_and_save(ws, trainer, loaded.tokenizer, inputs.documents, evaluate=False)

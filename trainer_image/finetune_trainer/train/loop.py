@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import yaml
 from transformers import PreTrainedTokenizerBase, PrinterCallback, Trainer
 
+from finetune_api.resources import resolved_documents
+
 from ..data import DatasetConfig, PreparedData, ProcessingConfig, prepare_dataset
+from ..export.card import write_run_card
 from ..model.loader import load_tokenizer
 from ..model.sources import fetch_source
+from ..storage import upload_with_manifest
+from ..workspace import ADAPTER, LOSS_PLOT, RESOLVED_SPEC, TRAINER_LOG, Workspace
 from .callbacks import AlreadyTrained, RescaleLearningRate, StopWhenTrained
-from .workspace import TrainOutcome, Workspace
+from .lossplot import plot_loss
+from .recipes import TrainOutcome
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +77,7 @@ def train_and_save(
         final = ws.work_dir / "final"
         trainer.save_model(str(final))
         tokenizer.save_pretrained(str(final))
-        adapter_uri = ws.save_final(final, documents)
+        adapter_uri = save_final(ws, final, documents)
     return TrainOutcome(
         global_step=trainer.state.global_step,
         train_loss=metrics.get("train_loss"),
@@ -77,3 +85,24 @@ def train_and_save(
         resumed_from=str(resume) if resume else None,
         metrics={k: float(v) for k, v in metrics.items() if isinstance(v, int | float)},
     )
+
+
+def save_final(ws: Workspace, model_dir: Path, spec_documents: list[dict[str, Any]]) -> str:
+    """Upload the final adapter/model (manifest last), the log, the loss plot and the resolved spec."""
+    assert ws.uploader is not None, "only rank 0 saves"
+    ws.uploader.wait()  # checkpoints first: the final artifact is the last word
+    documents = resolved_documents(spec_documents)
+    adapter_uri = str(ws.store.uri.join(ADAPTER))
+    # Over PEFT's empty template (save_pretrained wrote it); before the upload, so the manifest lists ours.
+    write_run_card(model_dir, name=ws.name, documents=documents, log=ws.local_log, uri=adapter_uri)
+    upload_with_manifest(model_dir, ws.store.child(ADAPTER))
+    spec_text = yaml.safe_dump_all(documents, sort_keys=False)
+    ws.store.put_bytes(RESOLVED_SPEC, spec_text.encode(), content_type="application/yaml")
+    if ws.local_log.is_file():
+        ws.store.put_file(TRAINER_LOG, ws.local_log)
+    plot = ws.work_dir / LOSS_PLOT
+    if ws.local_log.is_file() and plot_loss(ws.local_log, plot, title=ws.name):
+        ws.store.put_file(LOSS_PLOT, plot)
+    else:  # no loss logged: no plot, and none left from an earlier run
+        ws.store.delete(LOSS_PLOT)
+    return adapter_uri

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 
 import torch
 from peft import PeftModel
@@ -25,7 +24,6 @@ from finetune_api.finetunejob import FineTuneJobSpec
 from finetune_api.method import PpoSpec
 
 from ..data import (
-    DatasetConfig,
     job_processing_config,
     make_collator,
     pad_token_id,
@@ -33,8 +31,9 @@ from ..data import (
 )
 from ..model import load_model_and_tokenizer, prepare_model_for_training
 from ..model.sources import fetch_source
-from .callbacks import rescale_learning_rate
-from .loop import tokenize_datasets
+from ..workspace import Workspace
+from .callbacks import rescale_learning_rate, run_callbacks
+from .loop import save_final, tokenize_datasets
 from .ppo_loop import PpoLoop, PpoSettings, mean_over, total_steps
 from .ppo_models import (
     REWARD_FIELD,
@@ -45,7 +44,7 @@ from .ppo_models import (
     load_policy_checkpoint,
     save_value_head,
 )
-from .workspace import TrainOutcome, Workspace
+from .recipes import RecipeInputs, TrainOutcome
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +82,13 @@ def disable_dropout(model: torch.nn.Module) -> None:
             module.p = 0.0
 
 
-def run_ppo(
-    ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, object]]
-) -> TrainOutcome:
-    """Train ``ws.spec`` (stage ppo) on the prompts of ``datasets``; ``documents`` are saved as the resolved spec."""
+def run_ppo(ws: Workspace, inputs: RecipeInputs) -> TrainOutcome:
+    """Train ``ws.spec`` (stage ppo) on the prompts of ``inputs.datasets``."""
     spec = ws.spec
     ppo = check_ppo_spec(spec)
     processing = job_processing_config(spec)
 
-    _, data = tokenize_datasets(ws, datasets, processing)
+    _, data = tokenize_datasets(ws, inputs.datasets, processing)
 
     loaded = load_model_and_tokenizer(
         spec.model,
@@ -112,15 +109,10 @@ def run_ppo(
     t = spec.training
     settings = PpoSettings(
         ppo=ppo,
-        mini_batch=t.per_device_batch_size,
-        accumulation=t.gradient_accumulation_steps,
+        training=t,
         max_steps=0,
-        max_grad_norm=t.max_grad_norm,
-        logging_steps=t.logging_steps,
-        save_steps=t.save_steps,
         stop_token_ids=stop_token_ids(data.template, loaded.tokenizer),
         pad_token_id=pad_token_id(loaded.tokenizer),
-        seed=t.seed,
     )
     train_rows = data.train.remove_columns([c for c in ("labels", "prompt") if c in data.train.column_names])
     loader = DataLoader(
@@ -152,7 +144,7 @@ def run_ppo(
         optimizer=optimizer,
         scheduler=scheduler,
         settings=settings,
-        callbacks=ws.callbacks(),
+        callbacks=run_callbacks(ws),
         output_dir=ws.work_dir / "trainer",
     )
     resume = ws.resume_checkpoint()
@@ -167,7 +159,7 @@ def run_ppo(
         model.save_pretrained(str(final), selected_adapters=["default"])
         save_value_head(value_head, final)
         loaded.tokenizer.save_pretrained(str(final))
-        adapter_uri = ws.save_final(final, documents)
+        adapter_uri = save_final(ws, final, inputs.documents)
     metrics = {key: mean_over(loop.history, key) for key in ("reward", "kl", "loss")}
     return TrainOutcome(
         global_step=loop.state.global_step,

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from transformers import DefaultFlowCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import CallbackHandler
 
+from finetune_api.finetunejob import TrainingSpec
 from finetune_api.method import GenerationSpec, PpoSpec
 
 from .ppo_core import (
@@ -42,22 +43,18 @@ CLIP_RANGE, CLIP_RANGE_VALUE, VALUE_COEF = 0.2, 0.2, 0.1
 
 @dataclass
 class PpoSettings:
-    """The loop's knobs, unpacked from the spec once."""
+    """The loop's settings: the spec's ppo and training sections, and what only the run knows."""
 
     ppo: PpoSpec
-    mini_batch: int
-    accumulation: int
+    training: TrainingSpec
     max_steps: int
-    max_grad_norm: float
-    logging_steps: int
-    save_steps: int
+    """Optimisation steps: training.maxSteps, else training.epochs over the prompts (:func:`total_steps`)."""
     stop_token_ids: list[int]
     pad_token_id: int
-    seed: int
 
     @property
     def backward_batch(self) -> int:
-        return self.mini_batch * self.accumulation
+        return self.training.per_device_batch_size * self.training.gradient_accumulation_steps
 
     @property
     def rollout_batch(self) -> int:
@@ -105,11 +102,11 @@ class PpoLoop:
         self.args = TrainingArguments(
             output_dir=str(output_dir), report_to=[], use_cpu=self.device.type == "cpu"
         )
-        self.state = TrainerState(max_steps=settings.max_steps, logging_steps=settings.logging_steps)
+        self.state = TrainerState(max_steps=settings.max_steps, logging_steps=settings.training.logging_steps)
         self.control = TrainerControl()
         # DefaultFlowCallback only silences the handler's warning: this loop decides when to log and save.
         self.handler = CallbackHandler([DefaultFlowCallback(), *callbacks], model, None, optimizer, scheduler)
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.generator = torch.Generator().manual_seed(settings.training.seed)
         self.history: list[dict[str, float]] = []
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
@@ -203,7 +200,7 @@ class PpoLoop:
             for start in range(0, size, self.s.backward_batch):
                 backward_rows = order[start : start + self.s.backward_batch]
                 self.optimizer.zero_grad(set_to_none=True)
-                for rows in backward_rows.split(self.s.mini_batch):
+                for rows in backward_rows.split(self.s.training.per_device_batch_size):
                     sub, mask = select(rollout, rows), rollout.response_mask[rows].float()
                     logprobs, values = policy_forward(
                         self.model, self.value_head, sub, temperature=temperature
@@ -225,8 +222,8 @@ class PpoLoop:
                     ):
                         totals[key] += value.item()
                     count += 1
-                if self.s.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, self.s.max_grad_norm)
+                if self.s.training.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, self.s.training.max_grad_norm)
                 self.optimizer.step()
         return {k: v / max(count, 1) for k, v in totals.items()}
 
@@ -251,11 +248,14 @@ class PpoLoop:
             self.state.epoch = self.state.global_step / per_epoch
             self.handler.on_step_end(self.args, self.state, self.control)  # the bar moves every step
             if (
-                self.state.global_step % self.s.logging_steps == 0
+                self.state.global_step % self.s.training.logging_steps == 0
                 or self.state.global_step == self.s.max_steps
             ):
                 self.log(stats)
-            if self.state.global_step % self.s.save_steps == 0 or self.state.global_step == self.s.max_steps:
+            if (
+                self.state.global_step % self.s.training.save_steps == 0
+                or self.state.global_step == self.s.max_steps
+            ):
                 self.save_checkpoint()
         self.handler.on_train_end(self.args, self.state, self.control)
 

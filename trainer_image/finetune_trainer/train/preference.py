@@ -7,21 +7,20 @@ none for orpo/simpo) → PreferenceTrainer → train (resuming) → save.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from transformers import TrainingArguments
 
 from finetune_api.method import Stage
 
-from ..data import DatasetConfig, PreparedData, Shape, job_processing_config, make_collator
+from ..data import PreparedData, Shape, job_processing_config, make_collator
 from ..data.processor import OUTPUT_COLUMNS
 from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
+from ..workspace import Workspace
 from .arguments import training_arguments
+from .callbacks import run_callbacks
 from .loop import tokenize_datasets, train_and_save
 from .preference_trainer import PreferenceTrainer
+from .recipes import RecipeInputs, TrainOutcome
 from .reference import preference_of, reference_model_for
-from .workspace import TrainOutcome, Workspace
 
 
 def check_rows(data: PreparedData, shape: Shape, stage: Stage) -> None:
@@ -39,15 +38,13 @@ def check_rows(data: PreparedData, shape: Shape, stage: Stage) -> None:
         )
 
 
-def run_preference(
-    ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, Any]]
-) -> TrainOutcome:
-    """Train ``ws.spec`` (stage dpo, orpo, simpo or kto) on ``datasets``."""
+def run_preference(ws: Workspace, inputs: RecipeInputs) -> TrainOutcome:
+    """Train ``ws.spec`` (stage dpo, orpo, simpo or kto) on ``inputs.datasets``."""
     spec = ws.spec
     preference = preference_of(spec)
     processing = job_processing_config(spec)
 
-    _, data = tokenize_datasets(ws, datasets, processing)
+    _, data = tokenize_datasets(ws, inputs.datasets, processing)
     check_rows(data, processing.shape, spec.method.stage)
 
     loaded = load_model_and_tokenizer(
@@ -74,6 +71,6 @@ def run_preference(
         data_collator=make_collator(processing, loaded.tokenizer),
         processing_class=loaded.tokenizer,
         optimizers=(optimizer, None),
-        callbacks=ws.callbacks(),
+        callbacks=run_callbacks(ws),
     )
-    return train_and_save(ws, trainer, loaded.tokenizer, documents, evaluate=data.eval is not None)
+    return train_and_save(ws, trainer, loaded.tokenizer, inputs.documents, evaluate=data.eval is not None)

@@ -1,16 +1,42 @@
-"""Which recipe trains which stage: one explicit branch per stage family, imported only when used."""
+"""What a recipe takes and gives back, and which recipe trains which stage: one explicit branch per
+stage family, imported only when used."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from finetune_api.method import Stage
 
 from ..data import DatasetConfig
-from .workspace import TrainOutcome, Workspace
+from ..workspace import Workspace
 
-Recipe = Callable[[Workspace, Sequence[DatasetConfig], list[dict[str, Any]]], TrainOutcome]
+
+@dataclass(frozen=True)
+class RecipeInputs:
+    """What `finetune run` hands a recipe, resolved from the validated manifests."""
+
+    datasets: Sequence[DatasetConfig]
+    """spec.datasets, in reference order, each with its weight."""
+    evaluation: Mapping[str, DatasetConfig]
+    """The Datasets spec.evaluation names, by name (empty without spec.evaluation)."""
+    documents: list[dict[str, Any]]
+    """The FineTuneJob and every Dataset it names, saved as the resolved spec (job.yaml)."""
+
+
+@dataclass
+class TrainOutcome:
+    """What a recipe reports back to `finetune run`."""
+
+    global_step: int
+    train_loss: float | None
+    adapter_uri: str | None
+    resumed_from: str | None
+    metrics: dict[str, float]
+
+
+Recipe = Callable[[Workspace, RecipeInputs], TrainOutcome]
 
 IMPLEMENTED_STAGES: tuple[Stage, ...] = (
     Stage.PT,

@@ -18,9 +18,8 @@ from finetune_api.runidentity import (
     diff_identities,
 )
 
-from ..evaluate.report import EVAL_RESULTS, PREDICTIONS
 from ..storage import MANIFEST_NAME, ObjectStore, is_complete
-from .workspace import ADAPTER, CHECKPOINTS, LOSS_PLOT, RESOLVED_SPEC, TRAINER_LOG
+from ..workspace import ADAPTER, CHECKPOINTS, EVAL_RESULTS, LOSS_PLOT, PREDICTIONS, RESOLVED_SPEC, TRAINER_LOG
 
 log = logging.getLogger(__name__)
 

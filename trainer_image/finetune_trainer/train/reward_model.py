@@ -7,18 +7,17 @@ the validation split) → train (resuming) → save. TRL pads our pre-tokenised 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from trl import RewardConfig, RewardTrainer
 
-from ..data import DatasetConfig, job_processing_config
+from ..data import job_processing_config
 from ..data.config import AnyDataset
 from ..model import build_optimizer, load_model_and_tokenizer, prepare_model_for_training
+from ..workspace import Workspace
 from .arguments import training_arguments
+from .callbacks import run_callbacks
 from .loop import tokenize_datasets, train_and_save
 from .preference import check_rows
-from .workspace import TrainOutcome, Workspace
+from .recipes import RecipeInputs, TrainOutcome
 
 
 def reward_rows(ds: AnyDataset) -> AnyDataset:
@@ -27,14 +26,12 @@ def reward_rows(ds: AnyDataset) -> AnyDataset:
     return ds.rename_columns({"chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"})
 
 
-def run_reward_model(
-    ws: Workspace, datasets: Sequence[DatasetConfig], documents: list[dict[str, Any]]
-) -> TrainOutcome:
-    """Train ``ws.spec`` (stage rm) on ``datasets``."""
+def run_reward_model(ws: Workspace, inputs: RecipeInputs) -> TrainOutcome:
+    """Train ``ws.spec`` (stage rm) on ``inputs.datasets``."""
     spec = ws.spec
     processing = job_processing_config(spec)
 
-    _, data = tokenize_datasets(ws, datasets, processing)
+    _, data = tokenize_datasets(ws, inputs.datasets, processing)
     check_rows(data, processing.shape, spec.method.stage)
 
     loaded = load_model_and_tokenizer(
@@ -64,6 +61,6 @@ def run_reward_model(
         eval_dataset=reward_rows(data.eval) if data.eval is not None else None,
         processing_class=loaded.tokenizer,
         optimizers=(optimizer, None),
-        callbacks=ws.callbacks(),
+        callbacks=run_callbacks(ws),
     )
-    return train_and_save(ws, trainer, loaded.tokenizer, documents, evaluate=data.eval is not None)
+    return train_and_save(ws, trainer, loaded.tokenizer, inputs.documents, evaluate=data.eval is not None)

@@ -1,4 +1,8 @@
-"""One run's places and plumbing: the output store, local staging, resume, progress, final artifacts."""
+"""One run's places and plumbing: the output store and its layout, local staging, resume, progress.
+
+Training (``train``) and evaluation (``evaluate``) both write here; neither imports the other's
+package for it.
+"""
 
 from __future__ import annotations
 
@@ -11,45 +15,30 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import yaml
-
 from finetune_api.finetunejob import FineTuneJobSpec
 from finetune_api.pod import METRICS_PORT_ENV
-from finetune_api.resources import resolved_documents
 from finetune_api.uris import Scheme, prepared_root, scheme_of
 
-from ..export.card import write_run_card
-from ..progress import ProgressReporter, TrainingMetrics, start_metrics_server
-from ..storage import (
+from .progress import ProgressReporter, TrainingMetrics, start_metrics_server
+from .storage import (
     BackgroundUploader,
     ObjectStore,
     S3Settings,
     load_s3_settings,
     open_store,
     restore_latest_checkpoint,
-    upload_with_manifest,
 )
-from .callbacks import CheckpointUploadCallback, JsonlLogCallback, ProgressCallback
-from .lossplot import plot_loss
 
 log = logging.getLogger(__name__)
 
+# The output location's layout (progress.json and run.json are the API's: PROGRESS_KEY, RUN_IDENTITY_KEY).
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 TRAINER_LOG = "trainer_log.jsonl"
 LOSS_PLOT = "loss.png"
 RESOLVED_SPEC = "job.yaml"
-
-
-@dataclass
-class TrainOutcome:
-    """What a recipe reports back to `finetune run`."""
-
-    global_step: int
-    train_loss: float | None
-    adapter_uri: str | None
-    resumed_from: str | None
-    metrics: dict[str, float]
+PREDICTIONS = "predictions.jsonl"
+EVAL_RESULTS = "eval_results.json"
 
 
 def global_rank() -> int:
@@ -81,23 +70,6 @@ class Workspace:
     @property
     def local_log(self) -> Path:
         return self.work_dir / TRAINER_LOG
-
-    def callbacks(self) -> list[object]:
-        """The Trainer callbacks of this run (progress, JSONL log and uploads on rank 0 only)."""
-        if self.reporter is None or self.uploader is None:
-            return []
-        reporter = self.reporter
-        return [
-            ProgressCallback(reporter),
-            JsonlLogCallback(self.local_log),
-            CheckpointUploadCallback(
-                self.uploader,
-                self.store.child(CHECKPOINTS),
-                keep=self.spec.training.save_total_limit,
-                on_uploaded=reporter.on_checkpoint,
-                log=self.local_log,
-            ),
-        ]
 
     def resume_checkpoint(self) -> Path | None:
         """The newest complete checkpoint in the output location, downloaded; None on a fresh start.
@@ -131,26 +103,6 @@ class Workspace:
             return
         kept = [line for line in lines if _logged_step(line) <= step]
         self.local_log.write_text("".join(f"{line}\n" for line in kept))
-
-    def save_final(self, model_dir: Path, spec_documents: list[dict[str, object]]) -> str:
-        """Upload the final adapter/model (manifest last), the log, the loss plot and the resolved spec."""
-        assert self.uploader is not None, "only rank 0 saves"
-        self.uploader.wait()  # checkpoints first: the final artifact is the last word
-        documents = resolved_documents(spec_documents)
-        adapter_uri = str(self.store.uri.join(ADAPTER))
-        # Over PEFT's empty template (save_pretrained wrote it); before the upload, so the manifest lists ours.
-        write_run_card(model_dir, name=self.name, documents=documents, log=self.local_log, uri=adapter_uri)
-        upload_with_manifest(model_dir, self.store.child(ADAPTER))
-        spec_text = yaml.safe_dump_all(documents, sort_keys=False)
-        self.store.put_bytes(RESOLVED_SPEC, spec_text.encode(), content_type="application/yaml")
-        if self.local_log.is_file():
-            self.store.put_file(TRAINER_LOG, self.local_log)
-        plot = self.work_dir / LOSS_PLOT
-        if self.local_log.is_file() and plot_loss(self.local_log, plot, title=self.name):
-            self.store.put_file(LOSS_PLOT, plot)
-        else:  # no loss logged: no plot, and none left from an earlier run
-            self.store.delete(LOSS_PLOT)
-        return adapter_uri
 
     def close(self, *, failed: str | None = None, wait_for_uploads: bool = True) -> None:
         """Finish uploads and write the final progress record (Succeeded, or Failed with the error).
