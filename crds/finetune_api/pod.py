@@ -46,6 +46,16 @@ S3_CREDENTIALS_DIR_ENV: Final = "FINETUNE_S3_CREDENTIALS_DIR"
 DATASET_CREDENTIALS_ENV: Final = "FINETUNE_DATASET_CREDENTIALS"
 """JSON object: Dataset name → folder where that Dataset's credentialsSecret is mounted."""
 
+# -- knobs of the trainer process the operator leaves unset (local runs, debugging, benchmarks) -----
+WORK_DIR_ENV: Final = "FINETUNE_WORK_DIR"
+"""The run's scratch folder; unset, a private folder under the temp dir (in a pod: ``/tmp``, an emptyDir)."""
+KEEP_WORK_DIR_ENV: Final = "FINETUNE_KEEP_WORK_DIR"
+"""``1`` keeps the scratch folder after the run, to look into it."""
+LOG_LEVEL_ENV: Final = "FINETUNE_LOG_LEVEL"
+"""The trainer's log level (``INFO`` when unset)."""
+DATA_NUM_PROC_ENV: Final = "FINETUNE_DATA_NUM_PROC"
+"""Worker processes for data preprocessing when the spec sets none (auto when unset)."""
+
 # -- the termination message -----------------------------------------------------------------------
 TERMINATION_LOG_ENV: Final = "FINETUNE_TERMINATION_LOG"
 """Where to write the termination message instead (tests, local runs); unset in a pod."""

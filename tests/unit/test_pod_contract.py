@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -45,3 +47,18 @@ def test_write_termination_message_keeps_the_kubelets_limit_on_a_character_bound
     assert asked.read_bytes().decode() == "a" + "é" * (pod.TERMINATION_MAX // 2 - 1)
     # An unwritable log is skipped: the report went to stdout as well.
     pod.write_termination_message("x", tmp_path / "no" / "such" / "dir")
+
+
+def test_no_trainer_or_operator_module_spells_a_pod_variable_itself() -> None:
+    """Each FINETUNE_* variable the trainer reads is named once, in finetune_api.pod."""
+    root = Path(__file__).resolve().parents[2]
+    named = {value for key, value in vars(pod).items() if key.endswith("_ENV")}
+    assert {"FINETUNE_WORK_DIR", "FINETUNE_CACHE_DIR"} <= named
+    spelled = []
+    for folder in ("trainer_image/finetune_trainer", "operator/finetune_operator/builders"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                value = node.value if isinstance(node, ast.Constant) else None
+                if isinstance(value, str) and re.fullmatch(r"FINETUNE_[A-Z0-9_]+", value) and value in named:
+                    spelled.append(f"{path.relative_to(root)}:{node.lineno}: {value}")
+    assert not spelled, "use the finetune_api.pod constant:\n" + "\n".join(spelled)

@@ -16,8 +16,8 @@ Settings come one way:
   saved as they are (job.yaml and the model card).
 - The environment says where and how the process runs, never what a spec field says: the pod
   contract's variables (``finetune_api.pod``), torchrun's ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``,
-  and local knobs (``FINETUNE_WORK_DIR``, ``FINETUNE_KEEP_WORK_DIR``, ``FINETUNE_LOG_LEVEL``,
-  ``FINETUNE_DATA_NUM_PROC``).
+  and the process's own knobs, also named there, that the operator leaves unset
+  (``FINETUNE_WORK_DIR``, ``FINETUNE_KEEP_WORK_DIR``, ``FINETUNE_LOG_LEVEL``, ``FINETUNE_DATA_NUM_PROC``).
 
 The parts depend on each other one way, no import cycle between them
 (tests/unit/test_trainer_layering.py): ``storage`` and ``progress`` under ``workspace`` (a run's

@@ -12,7 +12,7 @@ from typing import Any
 
 from finetune_api.dataset import DatasetSpec
 from finetune_api.manifests import apply_overrides, load_documents
-from finetune_api.pod import REFUSED_EXIT
+from finetune_api.pod import LOG_LEVEL_ENV, REFUSED_EXIT
 from finetune_api.resources import Dataset, FineTuneJob
 from finetune_api.runidentity import RunIdentity, SpecDifference
 from finetune_api.validation import validate_documents
@@ -166,7 +166,7 @@ def run_from_files(
     from .train.rerun import AlreadyFinished, RunConflict
 
     logging.basicConfig(
-        level=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
+        level=os.environ.get(LOG_LEVEL_ENV, "INFO"), format="%(levelname)s %(name)s: %(message)s"
     )
     try:
         plan = plan_run(files, job_name=job_name, output=output, overrides=overrides)

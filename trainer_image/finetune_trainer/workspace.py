@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from finetune_api.finetunejob import FineTuneJobSpec
-from finetune_api.pod import METRICS_PORT_ENV
+from finetune_api.pod import KEEP_WORK_DIR_ENV, METRICS_PORT_ENV, WORK_DIR_ENV
 from finetune_api.uris import Scheme, prepared_root, scheme_of
 
 from .progress import ProgressReporter, TrainingMetrics, start_metrics_server
@@ -118,7 +118,7 @@ class Workspace:
                 error = error or f"checkpoint upload failed: {exc}"
         if self.reporter is not None:
             self.reporter.finish("Failed" if error else "Succeeded", error)
-        if os.environ.get("FINETUNE_KEEP_WORK_DIR") != "1":
+        if os.environ.get(KEEP_WORK_DIR_ENV) != "1":
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
@@ -138,7 +138,7 @@ def open_workspace(
     """
     store = output_store(spec, output_uri)
     prepared = output_store(spec, prepared_root(output_uri)) if share_prepared else None
-    configured = os.environ.get("FINETUNE_WORK_DIR")  # the pod's emptyDir; a private temp dir otherwise
+    configured = os.environ.get(WORK_DIR_ENV)  # unset (as in a pod): a private temp dir
     if configured:
         work_dir = Path(configured) / f"rank-{global_rank()}"
         work_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from datasets import Dataset, IterableDataset
 
 from finetune_api.finetunejob import MixStrategy
 from finetune_api.method import Stage
-from finetune_api.pod import CACHE_DIR_ENV
+from finetune_api.pod import CACHE_DIR_ENV, DATA_NUM_PROC_ENV
 
 FileType = Literal["auto", "json", "jsonl", "csv", "parquet", "arrow", "txt"]
 DataFormat = Literal["alpaca", "sharegpt", "openai", "text"]
@@ -187,7 +187,7 @@ def resolve_num_proc(requested: int | None, num_rows: int) -> int:
     else one worker per usable CPU. Never more than one worker per ``ROWS_PER_WORKER`` rows.
     """
     if requested is None:
-        env = os.environ.get("FINETUNE_DATA_NUM_PROC")
+        env = os.environ.get(DATA_NUM_PROC_ENV)
         if not env and num_rows < IN_PROCESS_ROWS:
             return 1
         requested = int(env) if env else len(os.sched_getaffinity(0))

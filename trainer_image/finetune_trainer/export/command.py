@@ -17,7 +17,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from finetune_api.pod import write_termination_message
+from finetune_api.pod import KEEP_WORK_DIR_ENV, LOG_LEVEL_ENV, WORK_DIR_ENV, write_termination_message
 
 from ..storage import IncompleteArtifactError
 from .pipeline import pin_mmap_threshold, run_export
@@ -32,10 +32,10 @@ EXPECTED_ERRORS = (ValueError, OSError, IncompleteArtifactError, ClientError, Bo
 def export_from_files(files: Sequence[str]) -> int:
     """The CLI's `export`: 0 once the manifest is written, 1 with a one-line reason otherwise."""
     logging.basicConfig(
-        level=os.environ.get("FINETUNE_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s"
+        level=os.environ.get(LOG_LEVEL_ENV, "INFO"), format="%(levelname)s %(name)s: %(message)s"
     )
     pin_mmap_threshold()  # process-wide allocator policy: set by the command, not the library
-    root = Path(os.environ.get("FINETUNE_WORK_DIR") or tempfile.mkdtemp(prefix="finetune-export-"))
+    root = Path(os.environ.get(WORK_DIR_ENV) or tempfile.mkdtemp(prefix="finetune-export-"))
     try:
         plan = plan_export(files)
         log.info("exporting %s → %s", plan.name, plan.output.uri)
@@ -49,7 +49,7 @@ def export_from_files(files: Sequence[str]) -> int:
         write_termination_message(f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        if os.environ.get("FINETUNE_KEEP_WORK_DIR") != "1":
+        if os.environ.get(KEEP_WORK_DIR_ENV) != "1":
             shutil.rmtree(root, ignore_errors=True)
     report = result.report()
     log.info("export complete: %d files, %d bytes at %s; peak RSS %.1f MiB",
