@@ -79,8 +79,8 @@ def estimate(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     import finetune_trainer
     from bench.train_throughput import model_flops
     from bench.workers.ours_train import job_documents
+    from finetune_api.preflight import estimate_memory, model_shape
     from finetune_api.resources import FineTuneJob
-    from finetune_operator.preflight import estimate_memory, model_shape
 
     out: dict[str, Any] = {"finetune_trainer_path": str(Path(finetune_trainer.__file__).parent)}
     for name, cfg in parts.items():

@@ -27,6 +27,7 @@ from .errors import FieldError
 from .finetunejob import FineTuneJobSpec, dataset_paths
 from .hints import unknown_field_hint, value_hint
 from .method import PAIRWISE_STAGES, Stage
+from .preflight import preflight_errors
 from .resources import KINDS, Dataset, Export, FineTuneJob, kind_of
 from .rules import export_rule_errors, job_rule_errors
 
@@ -207,9 +208,10 @@ def validate_manifest(manifest: Mapping[str, Any], old: Mapping[str, Any] | None
 
 
 def rule_errors(resource: BaseModel) -> list[FieldError]:
-    """The cross-field rules (:mod:`finetune_api.rules`) of a parsed FineTuneJob or Export; none for others."""
+    """The cross-field rules (:mod:`finetune_api.rules`) of a parsed FineTuneJob or Export, then a
+    FineTuneJob's memory preflight against the GPU memory it declares; none for other kinds."""
     if isinstance(resource, FineTuneJob):
-        return job_rule_errors(resource.spec)
+        return job_rule_errors(resource.spec) or preflight_errors(resource.spec)
     if isinstance(resource, Export):
         return export_rule_errors(resource.spec)
     return []

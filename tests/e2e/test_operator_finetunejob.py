@@ -298,12 +298,9 @@ def test_ttl_deletes_children_and_keeps_the_status(h: Harness, s3_server: S3Serv
 
 def test_preflight_refuses_a_job_that_cannot_fit(h: Harness, s3_server: S3Server, s3_bucket: str) -> None:
     h.ready_dataset()
-    big = job_spec(
-        s3_bucket, s3_server,
-        model={"source": "hf://meta-llama/Llama-3.1-8B"},
-        method={"stage": "sft", "finetuning": "full"},
-        resources={"gpusPerNode": 1, "gpuMemoryGiB": 24},
-    )  # fmt: skip
+    # The example `finetune validate` refuses (tests/unit/test_validation.py), as applied.
+    example = next(d.body for d in load_documents([ROOT / "examples" / "invalid" / "full-8b-on-24gib.yaml"]))
+    big = job_spec(s3_bucket, s3_server, **{k: example["spec"][k] for k in ("model", "method", "resources")})
     h.create("finetunejobs", "too-big", big, "FineTuneJob")
 
     failed = h.wait_phase("finetunejobs", "too-big", "Failed")

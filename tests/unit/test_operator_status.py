@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from finetune_api import preflight as pf
 from finetune_api.dataset import DatasetPhase
 from finetune_api.export import ExportPhase
 from finetune_api.finetunejob import FineTuneJobSpec, Phase
 from finetune_api.pod import REFUSED_EXIT, TERMINATION_MAX
 from finetune_api.resources import Dataset, Export, FineTuneJob
-from finetune_operator import preflight as pf
 from finetune_operator.builders.pods import pod_failure_policy
 from finetune_operator.reconcile.cluster import compact_job, job_state_key
 from finetune_operator.status import reasons as r

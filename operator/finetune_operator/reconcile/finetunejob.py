@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, Final
 
+from finetune_api import preflight as pf
 from finetune_api.cluster import job_cluster_errors
 from finetune_api.common import OutputSpec
 from finetune_api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Phase, dataset_paths
@@ -15,7 +16,6 @@ from finetune_api.resources import Dataset, FineTuneJob
 from finetune_api.rules import job_rule_errors
 
 from .. import metrics
-from .. import preflight as pf
 from ..builders.training import (
     TRAINER,
     build_config_map,

@@ -4,6 +4,10 @@ A deliberately simple model (mixed-precision rule of thumb + activations with or
 checkpointing + logits), good to tens of percent: enough to refuse a job that cannot fit by a wide
 margin, with the numbers that say why. The shape of the model comes from ``tiny://`` options, or
 from a size in the model's name (``Qwen2.5-1.5B``, ``Llama-3-8B``) matched to typical shapes.
+
+The operator runs :func:`preflight` before it creates a Job, against the GPU memory the spec
+declares, else the smallest labelled node's, else its setting. ``finetune validate`` and the trainer
+at start run :func:`preflight_errors`, against the memory the spec declares (what they know).
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from finetune_api.finetunejob import FineTuneJobSpec, Precision
-from finetune_api.method import PAIRWISE_STAGES, Finetuning, Stage
-from finetune_api.tiny import parse_tiny_uri
-from finetune_api.uris import Scheme, scheme_of
+from .errors import FieldError
+from .finetunejob import FineTuneJobSpec, Precision
+from .method import PAIRWISE_STAGES, Finetuning, Stage
+from .tiny import parse_tiny_uri
+from .uris import Scheme, scheme_of
 
 GIB = 1024**3
 # Fixed per-process cost: CUDA context, NCCL buffers, allocator fragmentation.
@@ -188,3 +193,16 @@ def preflight(
         "or deepspeed zero3/offload over more GPUs"
     )
     return PreflightResult(total, refusal)
+
+
+def preflight_errors(spec: FineTuneJobSpec) -> list[FieldError]:
+    """The preflight against ``spec.resources.gpuMemoryGiB`` (none when the spec declares no GPU memory,
+    or its model's size is unknown); a model source it cannot read is the spec rules' to report."""
+    capacity = spec.resources.gpu_memory_gib
+    if not capacity:
+        return []
+    try:
+        result = preflight(spec, capacity, "spec.resources.gpuMemoryGiB")
+    except ValueError:
+        return []
+    return [FieldError("spec.resources.gpuMemoryGiB", result.refusal)] if result.refusal else []
